@@ -1,0 +1,56 @@
+# aiflowd: every user-facing job is a target over the one CLI, `aiflowd`.
+# Targets marked (root) build network namespaces and must run as root.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL := data/model/aiflowd-default.joblib
+GENERATED := firmware/generated
+CAPTURE ?= build/capture
+
+.PHONY: help venv demo test test-fast train codegen capture testbed-demo testbed-clean clean
+
+help:
+	@echo "make demo          train on data/, generate code, replay the embedded trace"
+	@echo "make test          run the test suite (root-only tests skip without root)"
+	@echo "make train         fit and evaluate models into build/train"
+	@echo "make codegen       regenerate $(GENERATED)/ from $(MODEL)"
+	@echo "make capture       record a new labeled capture into $(CAPTURE) (root)"
+	@echo "make testbed-demo  live traffic, live conntrack, live runtime (root)"
+
+venv: $(STAMP)
+
+# The environment is rebuilt when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/aiflowd demo
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow"
+
+train: $(STAMP)
+	$(BIN)/aiflowd train --out build/train
+
+codegen: $(STAMP)
+	$(BIN)/aiflowd codegen --model $(MODEL) --out $(GENERATED)
+
+capture: $(STAMP)
+	$(BIN)/aiflowd capture --out $(CAPTURE) --card
+
+testbed-demo: $(STAMP)
+	$(BIN)/aiflowd testbed-demo
+
+testbed-clean: $(STAMP)
+	$(BIN)/aiflowd testbed-clean
+
+clean:
+	rm -rf build
