@@ -95,7 +95,6 @@ class Testbed:
         self.namespaces = (self.client, self.router, self.server)
         self._created = []
         self._processes = []
-        self._is_up = False
 
     def __enter__(self):
         self.up()
@@ -118,7 +117,6 @@ class Testbed:
         except BaseException:
             self.down()
             raise
-        self._is_up = True
         log.info("testbed %s up: client %s, router %s/%s, server %s",
                  self.tag, CLIENT_IP, ROUTER_CLIENT_IP, ROUTER_SERVER_IP, SERVER_IP)
 
@@ -183,7 +181,6 @@ class Testbed:
         if self._created:
             log.info("testbed %s down", self.tag)
         self._created = []
-        self._is_up = False
         atexit.unregister(self.down)
 
 

@@ -1,9 +1,10 @@
 # The router runtime: poll conntrack, score flows, log flagged flows.
 #
-# One loop a poll interval: read the conntrack table (the live
-# /proc/net/nf_conntrack, or the next snapshot of a recorded trace), update
-# the flow table, score the flows whose counters moved once they are old and
-# large enough, flag each flow at most once, and send one syslog line for it.
+# Each poll interval the runtime reads the conntrack table: the live
+# /proc/net/nf_conntrack, or the next snapshot of a recorded trace. It
+# updates the flow table and scores the flows whose counters moved once they
+# are large enough. It flags each flow at most once and sends one syslog
+# line for it.
 
 import sys
 import time
