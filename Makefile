@@ -8,8 +8,13 @@ STAMP := $(VENV)/.installed
 MODEL := data/model/aiflowd-default.joblib
 GENERATED := firmware/generated
 CAPTURE ?= build/capture
+DATASET ?= build/dataset
+# The report reads the dataset once `make dataset` has made it, else the
+# embedded capture.
+REPORT_DATA ?= $(if $(wildcard $(DATASET)/flows.csv),$(DATASET),data/capture-1)
 
-.PHONY: help venv demo test test-fast train codegen capture testbed-demo testbed-clean clean
+.PHONY: help venv demo test test-fast train codegen capture dataset report testbed-demo \
+	testbed-clean clean
 
 help:
 	@echo "make demo          train on data/, generate code, replay the embedded trace"
@@ -17,6 +22,8 @@ help:
 	@echo "make train         fit and evaluate models into build/train"
 	@echo "make codegen       regenerate $(GENERATED)/ from $(MODEL)"
 	@echo "make capture       record a new labeled capture into $(CAPTURE) (root)"
+	@echo "make dataset       record the full dataset into $(DATASET) (root, about 20 min)"
+	@echo "make report        evaluation report of $(REPORT_DATA) into build/report"
 	@echo "make testbed-demo  live traffic, live conntrack, live runtime (root)"
 
 venv: $(STAMP)
@@ -45,6 +52,9 @@ codegen: $(STAMP)
 
 capture: $(STAMP)
 	$(BIN)/aiflowd capture --out $(CAPTURE) --card
+
+report: $(STAMP)
+	$(BIN)/aiflowd report --data $(REPORT_DATA)/flows.csv --out build/report
 
 testbed-demo: $(STAMP)
 	$(BIN)/aiflowd testbed-demo

@@ -4,6 +4,7 @@
     aiflowd extract        re-read a capture's pcap with ndpiReader and relabel
     aiflowd train          fit and evaluate models, write a report and a model
     aiflowd codegen        generate the Python and C scorers from a model
+    aiflowd report         the full evaluation report of a dataset
     aiflowd demo           replay the embedded capture through the runtime
     aiflowd testbed-demo   live traffic, live conntrack, live runtime (root)
     aiflowd testbed-clean  remove testbed namespaces left by a killed run (root)
@@ -77,6 +78,26 @@ def cmd_codegen(args):
     return 0
 
 
+def cmd_report(args):
+    from tools.demo import DEFAULT_CORPUS
+    from trainer.report import build_report
+    corpus = None if args.no_corpus else args.corpus
+    if corpus is None and not args.no_corpus:
+        if DEFAULT_CORPUS.is_dir():
+            corpus = DEFAULT_CORPUS
+        else:
+            log.warning("no real-world captures at %s; the report leaves that section out "
+                        "(pass --corpus DIR to add it)", DEFAULT_CORPUS)
+    elif corpus is not None and not corpus.is_dir():
+        log.error("real-world capture folder %s not found; pass an existing --corpus DIR "
+                  "or --no-corpus", corpus)
+        return 1
+    build_report(args.data, args.out, seed=args.seed, corpus_dir=corpus,
+                 ablation=not args.no_ablation)
+    print("wrote %s" % (args.out / "REPORT.md"))
+    return 0
+
+
 def cmd_demo(args):
     from tools.demo import replay_demo
     replay_demo(args.data, args.out, seed=args.seed)
@@ -140,6 +161,20 @@ def build_parser():
     p.add_argument("--model", type=Path, required=True, help="model bundle (joblib)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(func=cmd_codegen)
+
+    p = sub.add_parser("report", help="the full evaluation report of a dataset")
+    p.add_argument("--data", nargs="+", type=Path, default=[DEFAULT_DATA / "flows.csv"],
+                   help="labeled flow CSVs, each with its conntrack trace beside it "
+                   "(default: the embedded capture)")
+    p.add_argument("--out", type=Path, default=REPO / "build" / "report",
+                   help="output folder (default build/report)")
+    p.add_argument("--corpus", type=Path, default=None,
+                   help="folder of real-world pcaps for the false positive section "
+                   "(default: nDPI's test captures in ../shared/data/ndpi-corpus when present)")
+    p.add_argument("--no-corpus", action="store_true", help="leave the real-world section out")
+    p.add_argument("--no-ablation", action="store_true", help="leave the feature ablation out")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="replay the embedded capture through the runtime")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="capture directory")

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME = REPO / "firmware" / "bin" / "aiflowd"
 DEFAULT_DATA = REPO / "data" / "capture-1"
+# nDPI's test captures (real non-AI traffic), kept beside this repository and
+# read in place; the product runs without them.
+DEFAULT_CORPUS = (REPO / ".." / "shared" / "data" / "ndpi-corpus").resolve()
 # The MicroPython heap for the runtime: a router-sized budget, not the
 # port's 2 MB default.
 RUNTIME_HEAP = "1M"

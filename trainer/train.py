@@ -31,7 +31,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler
@@ -139,6 +139,8 @@ def class_metrics(y_true, y_pred):
         y_true, y_pred, labels=[0, 1], zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        # Rows are true labels 0 and 1, columns predicted labels 0 and 1.
+        "confusion": confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist(),
         "classes": {
             str(label): {"precision": float(precision[i]), "recall": float(recall[i]),
                          "f1": float(f1[i]), "support": int(support[i])}
@@ -241,13 +243,15 @@ def deployment_split(flows, seed):
     return split(flows, seed, stratify_by=("family", "label"))
 
 
-def train_deployment(flows, seed):
+def train_deployment(flows, seed, views=None):
     """Choose and fit the deployment forest on all families.
 
-    Returns (forest, results, test flow indices).
+    ``views`` are the flows' runtime views when the caller has them already.
+    Returns (forest, results, test flow indices, views).
     """
     train, test = deployment_split(flows, seed)
-    views = runtime_views(flows)
+    if views is None:
+        views = runtime_views(flows)
     if views is None:
         # Without a trace, each finished flow is its own single view.
         views = flows[list(flowschema.FEATURES) + ["label"]].reset_index(names="flow")
@@ -282,7 +286,7 @@ def train_deployment(flows, seed):
                              "max_depth": DEPLOY_REFERENCE[1]},
                "train_rows": int(len(train)), "test_rows": int(len(test)),
                "nodes": forest_nodes(forest)}
-    return forest, results, test
+    return forest, results, test, views
 
 
 def train(flow_paths, out_dir, seed=1):
@@ -308,7 +312,7 @@ def train(flow_paths, out_dir, seed=1):
         for name, model in fitted.items():
             joblib.dump(model, out_dir / "models" / ("%s_%s.joblib" % (family, name)))
 
-    forest, deploy_results, test_rows = train_deployment(flows, seed)
+    forest, deploy_results, test_rows, _ = train_deployment(flows, seed)
     report["deployment"] = deploy_results
     from codegen.bundle import save_bundle
     bundle_path = save_bundle(out_dir / "deploy.joblib", forest,
