@@ -24,7 +24,10 @@ help:
 	@echo "make capture       record a new labeled capture into $(CAPTURE) (root)"
 	@echo "make dataset       record the full dataset into $(DATASET) (root, about 20 min)"
 	@echo "make report        evaluation report of $(REPORT_DATA) into build/report"
-	@echo "make testbed-demo  live traffic, live conntrack, live runtime (root)"
+	@echo "make testbed-demo  live traffic, live conntrack, live runtime (root, about 4 min)"
+	@echo "make testbed-clean remove testbed namespaces left by a killed run (root)"
+	@echo "make test-fast     the test suite without the live testbed runs"
+	@echo "make clean         remove build/"
 
 venv: $(STAMP)
 

@@ -123,8 +123,8 @@ def load_bundle(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"model bundle {path} not found; pass the joblib file that the "
-            "trainer wrote, or write one with codegen.bundle.save_bundle"
+            f"model bundle {path} not found; train one with 'aiflowd train' (it writes "
+            "build/train/deploy.joblib) or use the committed data/model/aiflowd-default.joblib"
         )
     try:
         bundle = joblib.load(path)
@@ -132,7 +132,7 @@ def load_bundle(path):
     except Exception as exc:
         raise InvalidBundleError(
             f"model bundle {path} could not be loaded ({type(exc).__name__}: {exc}); "
-            "write it again with codegen.bundle.save_bundle"
+            "it must be a joblib file written by 'aiflowd train'"
         ) from exc
     validate_bundle(bundle, source=str(path))
     return bundle

@@ -151,7 +151,7 @@ def build_parser():
                    help="labeled flow CSVs (default: the embedded capture)")
     p.add_argument("--out", type=Path, default=REPO / "build" / "train",
                    help="output directory (default build/train)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="split and model seed (default 1)")
     p.add_argument("--install", type=Path, default=None,
                    help="also copy the deployment model here (e.g. the committed "
                    "data/model/aiflowd-default.joblib)")
@@ -178,17 +178,23 @@ def build_parser():
 
     p = sub.add_parser("demo", help="replay the embedded capture through the runtime")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="capture directory")
-    p.add_argument("--out", type=Path, default=REPO / "build" / "demo")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=REPO / "build" / "demo",
+                   help="folder for the trained model and generated code (default build/demo)")
+    p.add_argument("--seed", type=int, default=1, help="split and model seed (default 1)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("testbed-demo", help="live traffic and live conntrack (root)")
     p.add_argument("--model", type=Path, default=None,
                    help="generated scorer (default firmware/generated/aiflowd_model.py)")
-    p.add_argument("--duration", type=_positive(float), default=60.0)
-    p.add_argument("--concurrency", type=_positive(int), default=16)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--time-scale", type=_positive(float), default=1.0)
+    p.add_argument("--duration", type=_positive(float), default=60.0,
+                   help="seconds during which new sessions start (default 60); running "
+                   "sessions then finish, which takes a few minutes more")
+    p.add_argument("--concurrency", type=_positive(int), default=16,
+                   help="sessions at once (default 16)")
+    p.add_argument("--seed", type=int, default=7,
+                   help="scenario parameter seed (default 7, not the embedded capture's 1)")
+    p.add_argument("--time-scale", type=_positive(float), default=1.0,
+                   help="divide think times and pacing by this (default 1: real time)")
     p.set_defaults(func=cmd_testbed_demo)
 
     p = sub.add_parser("testbed-clean", help="remove leftover testbed namespaces (root)")

@@ -112,6 +112,10 @@ def replay_demo(data_dir=DEFAULT_DATA, out_dir=REPO / "build" / "demo", seed=1):
 
     data_dir = Path(data_dir)
     out_dir = Path(out_dir)
+    if not (data_dir / "flows.csv").is_file():
+        raise FileNotFoundError("capture directory %s has no flows.csv; pass a directory made "
+                                "by 'aiflowd capture' (flows.csv, labels.csv and "
+                                "conntrack.trace.gz)" % data_dir)
     print("== 1/3 training on %s" % (data_dir / "flows.csv"), flush=True)
     report = train([data_dir / "flows.csv"], out_dir / "train", seed=seed)
     print((out_dir / "train" / "report.md").read_text())
@@ -141,13 +145,16 @@ def replay_demo(data_dir=DEFAULT_DATA, out_dir=REPO / "build" / "demo", seed=1):
     held_scores = precision_recall({k: v for k, v in flagged.items() if k in held_out},
                                    {k: v for k, v in truth.items() if k in held_out})
     print()
-    print("flows seen: %d, flows flagged: %d (%d AI flows in the trace)"
-          % (stats["flows_seen"], stats["flows_flagged"], scores["ai_flows"]))
-    print("all trace flows: %s" % format_scores(scores))
+    print("flows seen: %d, flows flagged: %d" % (stats["flows_seen"], stats["flows_flagged"]))
     print("held-out flows only (%d, not used in training): %s"
           % (len(held_out & set(truth)), format_scores(held_scores)))
+    print("against the labels of all %d trace flows (%d AI):" % (len(truth), scores["ai_flows"]))
     print(format_scores(scores))
     return {"stats": stats, "scores": scores, "held_out": held_scores, "report": report}
+
+
+def _print_record(record):
+    print(record["line"], flush=True)
 
 
 def _held_out_tuples(path):
@@ -174,7 +181,11 @@ def testbed_demo(model_py=None, duration=60.0, concurrency=16, seed=7, time_scal
         tmp = Path(keep_dir or tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         socket_path = tmp / "log.sock"
-        with SyslogReceiver(socket_path) as receiver, tb.Testbed() as bed:
+        print("flagged flows appear below as the runtime (MicroPython, in the router "
+              "namespace) sends them to syslog; sessions run for %g s plus their own length, "
+              "a few minutes in all" % duration, flush=True)
+        with SyslogReceiver(socket_path, on_record=_print_record) as receiver, \
+                tb.Testbed() as bed:
             runtime = bed.spawn(bed.router, micropython_command() + [
                 "--model", str(model_py), "--syslog", str(socket_path),
                 "--stats", str(tmp / "stats.json")],
@@ -190,8 +201,6 @@ def testbed_demo(model_py=None, duration=60.0, concurrency=16, seed=7, time_scal
              for r in labels.itertuples()}
     flagged = flagged_flows(records)
     scores = precision_recall(flagged, truth)
-    for record in records:
-        print(record["line"])
     print()
     print("connections: %d (%d AI); flows seen by the runtime: %d; flagged: %d"
           % (len(truth), scores["ai_flows"], stats["flows_seen"], stats["flows_flagged"]))

@@ -37,10 +37,15 @@ def parse_fields(message):
 
 
 class SyslogReceiver:
-    """Collect syslog datagrams sent to ``path`` until closed."""
+    """Collect syslog datagrams sent to ``path`` until closed.
 
-    def __init__(self, path):
+    ``on_record``, when given, is called with each parsed record as it
+    arrives, from the receiver thread.
+    """
+
+    def __init__(self, path, on_record=None):
         self.path = str(path)
+        self.on_record = on_record
         self.records = []
         self.invalid = []
         self._lock = threading.Lock()
@@ -86,6 +91,8 @@ class SyslogReceiver:
                 continue
             with self._lock:
                 self.records.append(record)
+            if self.on_record is not None:
+                self.on_record(record)
 
     def messages(self, tag=None):
         with self._lock:

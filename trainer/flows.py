@@ -97,8 +97,10 @@ def read_flows(path):
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [name for name in COLUMNS if name not in raw.columns]
     if missing:
-        raise FlowFileError("%s: missing column(s) %s in the header; expected %s"
-                            % (path, ", ".join(missing), ", ".join(COLUMNS)))
+        raise FlowFileError("%s: missing column(s) %s in the header, which has %s; a canonical "
+                            "flow CSV has %s" % (path, ", ".join(missing),
+                                                 ", ".join(raw.columns) or "no columns",
+                                                 ", ".join(COLUMNS)))
     for name in COLUMNS:
         kind = _DTYPES[name]
         if kind == "string":

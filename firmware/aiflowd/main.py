@@ -23,7 +23,8 @@ options:
   --conntrack PATH    conntrack table to poll (default /proc/net/nf_conntrack)
   --trace PATH        replay a recorded conntrack trace instead of polling
   --interval SECONDS  time between polls of the live table (default 1)
-  --syslog PATH       syslog socket for flagged flows (default /dev/log)
+  --syslog PATH       syslog socket for flagged flows (default /dev/log);
+                      "none" sends nothing to syslog
   --stdout            also print each flagged-flow line to stdout
   --model PATH        generated scorer module, a .py or .mpy file
                       (default: aiflowd_model on the module path)
@@ -113,6 +114,11 @@ def _convert(name, kind, minimum, text):
 def load_model(path):
     """Import the generated scorer module, from ``path`` or the module path."""
     if path:
+        try:
+            open(path).close()
+        except OSError as exc:
+            raise UsageError("scorer module file %s not found (%s); generate it with "
+                             "'make codegen' or pass --model PATH" % (path, exc))
         folder, _, filename = path.rpartition("/")
         name = filename.rsplit(".", 1)[0]
         sys.path.insert(0, folder or ".")
@@ -270,13 +276,17 @@ def main(argv=None):
     try:
         open(source).close()
     except OSError as exc:
-        hint = ("record one with 'aiflowd capture'" if options["trace"] else
+        hint = ("record one with the host tool: 'make capture'" if options["trace"] else
                 "load nf_conntrack (an nftables ruleset with NAT or 'ct state' does) and "
                 "turn on accounting with 'sysctl -w %s=1'" % conntrack.ACCT_SYSCTL)
         sys.stderr.write("aiflowd: cannot open %s: %s; %s\n" % (source, exc, hint))
         return 1
 
-    sender = syslog.SyslogSender(options["syslog"])
+    if options["syslog"] == "none":
+        sender = syslog.NullSender()
+    else:
+        sender = syslog.SyslogSender(options["syslog"], quiet=options["stdout"])
+        sender.check()
     runtime = Runtime(model, sender, options["threshold"], options["min-packets"],
                       options["min-duration"], options["max-flows"], options["stdout"])
     logger.info("starting: model %s, threshold %s, source %s, syslog %s",

@@ -36,14 +36,31 @@ def _unix_address(path):
 
 
 class SyslogSender:
-    def __init__(self, path="/dev/log", tag="aiflowd", facility=LOG_DAEMON):
+    """Send messages to a syslog socket.
+
+    A message the socket does not take is logged to stderr instead, so it is
+    not lost; with ``quiet`` (the caller prints messages itself) only the
+    first failure is logged.
+    """
+
+    def __init__(self, path="/dev/log", tag="aiflowd", facility=LOG_DAEMON, quiet=False):
         self.path = path
         self.tag = tag
         self.facility = facility
+        self.quiet = quiet
         self.pid = _pid()
         self.sent = 0
         self.failures = 0
         self._sock = None
+
+    def check(self):
+        """Log a warning now if the socket cannot be reached, instead of at the first flow."""
+        try:
+            self._connect()
+        except OSError as exc:
+            log.warning("syslog socket %s not reachable (%s); flagged flows go to stderr "
+                        "until it is; pass --syslog PATH, or --syslog none with --stdout",
+                        self.path, exc)
 
     def _connect(self):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -75,11 +92,28 @@ class SyslogSender:
         except OSError as exc:
             self.close()
             self.failures += 1
-            log.error("Unable to send to syslog socket %s: %s; message was: %s",
-                      self.path, exc, message)
+            if not self.quiet:
+                log.error("Unable to send to syslog socket %s: %s; message was: %s",
+                          self.path, exc, message)
+            elif self.failures == 1:
+                log.error("Unable to send to syslog socket %s: %s; flagged flows still go "
+                          "to stdout", self.path, exc)
             return False
 
     def close(self):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class NullSender:
+    """Stand-in for SyslogSender when syslog is turned off (--syslog none)."""
+
+    sent = 0
+    failures = 0
+
+    def send(self, severity, message):
+        return False
+
+    def close(self):
+        pass
