@@ -50,8 +50,8 @@ def test_report_table1(report):
         for metrics in results["models"].values():
             assert len(metrics["cv_f1_folds"]) == 5
             assert sum(map(sum, metrics["confusion"])) == results["test"]
-    # The forest separates the MCP family; the paper's liblinear regression
-    # on min-max scaled byte counts does not.
+    # The forest separates the MCP family; liblinear's LogisticRegression on
+    # min-max scaled byte counts does not.
     assert result["families"]["mcp"]["models"]["rf"]["classes"]["1"]["f1"] > 0.9
 
 

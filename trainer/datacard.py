@@ -68,6 +68,15 @@ def render_card(capture_dir):
     lines += _table(("family", "scenario") + flowschema.FEATURES,
                     [key + tuple("%.3g" % v for v in row) for key, row in
                      zip(medians.index, medians.to_numpy())])
+    lines += ["", "## Feature distributions by family and label", "",
+              "Percentiles 5, 25, 50, 75 and 95 of each feature (duration in seconds, "
+              "packets, layer-3 bytes).", ""]
+    rows = []
+    for (family, label), group in flows.groupby(["family", "label"]):
+        for name in flowschema.FEATURES:
+            q = group[name].quantile([0.05, 0.25, 0.5, 0.75, 0.95]).to_numpy()
+            rows.append((family, label, name) + tuple("%.3g" % v for v in q))
+    lines += _table(("family", "label", "feature", "p5", "p25", "p50", "p75", "p95"), rows)
     lines += ["", "## Files", ""]
     lines += _table(("file", "bytes"), [(name, (capture_dir / name).stat().st_size)
                                         for name in _FILES if (capture_dir / name).exists()])

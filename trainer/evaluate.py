@@ -46,7 +46,7 @@ def tls_holdout(flows, seed):
 
 
 def ablation(flows, seed, families=flowschema.FAMILIES):
-    """CV F1 of the paper models with each feature dropped in turn.
+    """Cross-validate the paper-configuration models with each feature dropped in turn.
 
     Returns a DataFrame: family, model, dropped ("none" for all five),
     cv_f1_mean, cv_f1_std and delta (change against all features).
@@ -165,7 +165,7 @@ def parity(flows):
 def corpus_flows(corpus_dir, files=None):
     """Read real-world captures with ndpiReader and as router views.
 
-    Returns (flows, views): ``flows`` holds the TCP and UDP flows from
+    Returns (flows, views): ``flows`` contains the TCP and UDP flows from
     ndpiReader (layer-3 bytes) with a ``file`` column; ``views`` the
     per-second router views of the same captures (pcapviews), with ``flow``
     the row of the pcapviews flow table and ``file``.
@@ -229,7 +229,7 @@ def corpus_false_positives(corpus, forest, threshold=0.5):
 
 
 def out_of_fold_flow_scores(flows, views, train, forest_params, seed):
-    """Each training flow's highest view probability from a model that never saw it."""
+    """Return each training flow's highest view probability from a model that never saw it."""
     labels = flows.loc[train, "label"]
     scores = pd.Series(0.0, index=train)
     folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)

@@ -1,7 +1,7 @@
 """Router views of the flows in a packet capture.
 
-A router polls conntrack once a second and sees each flow's cumulative
-counters at that moment. ``pcap_views`` replays a capture the same way: it
+A router polls conntrack once a second and reads each flow's cumulative
+counters at that moment. ``pcap_flows_and_views`` replays a capture the same way: it
 groups packets into flows (the client is the sender of a flow's first
 packet, as in conntrack's original direction), counts packets and layer-3
 bytes per direction, and emits one view at every 1 s tick at which a flow's

@@ -1,4 +1,5 @@
-"""The evaluation report: the paper's whole evaluation plus what it lacks.
+"""The evaluation report: the evaluation of the paper the method comes from
+(WJARR 27(01) 1302-1308, 2025), plus what that evaluation lacks.
 
 ``build_report`` fits and evaluates everything on one dataset and writes
 REPORT.md, report.json and the figures into one folder. Sections:
@@ -43,7 +44,7 @@ def build_report(data_paths, out_dir, seed=1, corpus_dir=None, corpus_files=None
     """Evaluate the dataset(s) in ``data_paths`` and write the report to ``out_dir``.
 
     ``data_paths`` are flows.csv files, each with its conntrack trace beside
-    it. ``corpus_dir`` holds real-world pcaps for the false positive
+    it. ``corpus_dir`` contains real-world pcaps for the false positive
     section; None leaves that section out. Returns the report dict.
     """
     began = time.time()
