@@ -1,14 +1,23 @@
 """Traffic client: runs scenario sessions against the traffic server and labels every connection.
 
     python -m tools.traffic.client --server 198.19.0.2 --ca /tmp/tls/ca.pem \\
-        --labels labels.csv --duration 600 --concurrency 24 --seed 1
+        --labels labels.csv --duration 600 --concurrency 560 --workers 2 --seed 1
 
-Sessions k = 0, 1, 2, ... start one after another, up to --concurrency at
-once, until --duration seconds have passed; then no new session starts and
-the running ones finish. Session k plays `plan_session(seed, k)`, so a seed
-fixes every session's scenario and parameters. Each session is cancelled if it
-outlives its scenario's `max_seconds` (scaled) plus `SESSION_SLACK_SECONDS`.
-Every TCP connection gets a row in --labels as soon as it closes.
+Sessions k = 0, 1, 2, ... start one after another, at most one every
+`START_GAP_SECONDS` (scaled) and up to --concurrency at once, until
+--duration seconds have passed or --max-sessions sessions have started,
+whichever comes first; then no new session starts and the running ones
+finish. Session k plays `plan_session(seed, k)`, so a seed fixes every
+session's scenario and parameters, whatever the number of workers. Each
+session is cancelled if it outlives its scenario's `max_seconds` (scaled)
+plus `runner.SESSION_SLACK_SECONDS`. Every TCP connection gets a row in
+--labels as soon as it closes.
+
+With --workers N > 1 the sessions run in N worker processes
+(`client_worker`), each session in the worker with the fewest running; this
+process only hands out session indices, writes the labels file and logs
+progress. Every ~10 s the progress log gives sessions, flows per family and
+label, the expected end and the load (CPU, event-loop lag) of every process.
 
 Exit status: 0, or 1 if more than --max-failed-fraction of the sessions
 failed, 2 for invalid options, 130 when interrupted by SIGINT or SIGTERM.
@@ -20,33 +29,53 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import math
-import signal
+import resource
 import sys
+import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.traffic.connections import ClosedConnection, check_test_address
+from tools.traffic.children import ChildProcess, Message, cancel_on_signals
+from tools.traffic.client_worker import worker_config
+from tools.traffic.connections import SourcePorts, check_test_address
 from tools.traffic.labels import LabelRow, LabelWriter
-from tools.traffic.scenarios import DEFAULT_MIX, SCENARIOS, MixEntry, SessionPlan, check_mix, plan_session
-from tools.traffic.sessions import RUNNERS, Pace, SessionContext, Target
+from tools.traffic.monitor import LoadMonitor, LoadSample, raise_open_file_limit
+from tools.traffic.pacing import Pace
+from tools.traffic.runner import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    SessionEnd,
+    SessionRunner,
+    describe_error,
+    session_bound,
+)
+from tools.traffic.scenarios import DEFAULT_MIX, FAMILIES, MixEntry, check_mix, weighted_mix
+from tools.traffic.sessions import RUNNERS, Target
 from tools.traffic.tlsca import client_ssl_context
+
+__all__ = ["ClientConfig", "RunReport", "describe_error", "main", "parse_args", "parse_mix", "run_clients"]
 
 logger = logging.getLogger(__name__)
 
-# Added to each session's scaled bound: connection set-up, TLS handshakes
-# and event-loop delays take the same time at every time scale.
-SESSION_SLACK_SECONDS = 15.0
-# Gap between session starts, in real seconds (scaled), so that the first
-# --concurrency sessions do not all open their connections in the same instant.
-START_GAP_SECONDS = 0.25
+# Gap between session starts, in real seconds (scaled): at most 20 starts a
+# second, so that the first --concurrency sessions do not all open their
+# connections in the same instant.
+START_GAP_SECONDS = 0.05
+MAX_CONCURRENCY = 4000
+MAX_WORKERS = 16
 # A session has a few sockets open at once (estimate: at most four, for an MCP
 # session with its GET stream, a POST, an idle keep-alive connection and the
-# DELETE), so this many sessions stay below the usual soft limit of 1024 open files.
-MAX_CONCURRENCY = 200
+# DELETE). A process also needs some files of its own.
+FILES_PER_SESSION = 4
+FILES_RESERVED = 64
+# How long worker processes get after SIGTERM to close their sessions' connections and report them.
+WORKER_STOP_TIMEOUT = 30.0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
@@ -57,9 +86,11 @@ class ClientConfig:
 
     ca: Path
     labels: Path
-    duration: float
     concurrency: int
     seed: int
+    duration: float | None = None
+    max_sessions: int | None = None
+    workers: int = 1
     server: str = "127.0.0.1"
     time_scale: float = 1.0
     ws_port: int = 80
@@ -78,11 +109,21 @@ class ClientConfig:
             if not isinstance(port, int) or not 1 <= port <= 65535:
                 raise ValueError(f"{option} {port!r} is not a TCP port; use 1-65535")
 
-        _check_positive("--duration", self.duration, "seconds")
+        if self.duration is None and self.max_sessions is None:
+            raise ValueError("neither --duration nor --max-sessions is set; pass at least one to bound the run")
+        if self.duration is not None:
+            _check_positive("--duration", self.duration, "seconds")
+        if self.max_sessions is not None and (
+            isinstance(self.max_sessions, bool) or not isinstance(self.max_sessions, int) or self.max_sessions < 1
+        ):
+            raise ValueError(f"--max-sessions {self.max_sessions!r} must be an integer >= 1")
         _check_positive("--time-scale", self.time_scale, "a factor")
         _check_positive("progress_interval", self.progress_interval, "seconds")
         if not isinstance(self.concurrency, int) or not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise ValueError(f"--concurrency {self.concurrency!r} must be an integer in [1, {MAX_CONCURRENCY}]")
+        if not isinstance(self.workers, int) or not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"--workers {self.workers!r} must be an integer in [1, {MAX_WORKERS}]")
+        _check_open_files(self.concurrency, self.workers)
         if not isinstance(self.seed, int):
             raise ValueError(f"--seed {self.seed!r} must be an integer")
         if not 0.0 <= self.max_failed_fraction <= 1.0:
@@ -102,7 +143,7 @@ class ClientConfig:
             if scenario not in RUNNERS:
                 raise ValueError(
                     f"scenario {scenario!r} is in the mix but has no runner; "
-                    "register one with @tools.traffic.sessions.session_runner"
+                    "register one with @tools.traffic.context.session_runner"
                 )
 
 
@@ -111,20 +152,42 @@ def _check_positive(option: str, value: float, unit: str) -> None:
         raise ValueError(f"{option} {value!r} must be {unit} greater than 0")
 
 
+def _check_open_files(concurrency: int, workers: int) -> None:
+    per_process = math.ceil(concurrency / workers)
+    needed = per_process * FILES_PER_SESSION + FILES_RESERVED
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise ValueError(
+            f"--concurrency {concurrency} with --workers {workers} needs about {needed} open files per process, "
+            f"but the hard limit (ulimit -Hn) is {hard}; raise the limit or use more --workers"
+        )
+
+
 @dataclass
 class RunReport:
-    """Per-scenario counts of a run: sessions, label rows written and events the runners counted."""
+    """Counts of a run: sessions per scenario, label rows per scenario and per (family, label), runner events."""
 
     started: Counter[str] = field(default_factory=Counter)
     finished: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
+    cancelled: Counter[str] = field(default_factory=Counter)
     connections: Counter[str] = field(default_factory=Counter)
+    flows: Counter[tuple[str, int]] = field(default_factory=Counter)
     events: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
     @property
     def failed_fraction(self) -> float:
         started = sum(self.started.values())
         return sum(self.failed.values()) / started if started else 0.0
+
+    def flows_by_family(self) -> str:
+        """Describe the label rows per family as "ws 120 AI / 118 not AI, ..."."""
+        parts = []
+        for family in FAMILIES:
+            ai, not_ai = self.flows[(family, 1)], self.flows[(family, 0)]
+            if ai or not_ai:
+                parts.append(f"{family} {ai} AI / {not_ai} not AI")
+        return ", ".join(parts) or "none yet"
 
     def summary(self) -> str:
         lines = []
@@ -134,6 +197,7 @@ class RunReport:
                 f"{scenario}: {self.started[scenario]} started, {self.finished[scenario]} finished, "
                 f"{self.failed[scenario]} failed, {self.connections[scenario]} connections; {events or 'no events'}"
             )
+        lines.append(f"flows per family: {self.flows_by_family()}")
         return "\n".join(lines)
 
 
@@ -144,133 +208,235 @@ async def run_clients(config: ClientConfig) -> RunReport:
     they are logged and counted in the report.
     """
     config.validate()
-    target = Target(
-        host=config.server,
-        ws_port=config.ws_port,
-        wss_port=config.wss_port,
-        https_port=config.https_port,
-        ssl_context=client_ssl_context(config.ca),
-    )
+    raise_open_file_limit()
     report = RunReport()
     with LabelWriter(config.labels) as writer:
-        await _Run(config, target, writer, report).run()
+        await _Run(config, writer, report).run()
     return report
 
 
+class _LocalExecutor:
+    """Runs sessions in the client's own event loop."""
+
+    name = "client"
+
+    def __init__(self, run: _Run) -> None:
+        config = run.config
+        target = Target(
+            host=config.server,
+            ws_port=config.ws_port,
+            wss_port=config.wss_port,
+            https_port=config.https_port,
+            ssl_context=client_ssl_context(config.ca),
+            source_ports=SourcePorts.from_system(),
+        )
+        self.running = 0
+        self.alive = True
+        self._run = run
+        self._runner = SessionRunner(target, config.seed, config.mix, config.time_scale, run.on_row, self._ended)
+
+    def _ended(self, end: SessionEnd) -> None:
+        self.running -= 1
+        self._run.on_end(end)
+
+    async def start(self) -> None:
+        pass
+
+    def submit(self, index: int) -> None:
+        self.running += 1
+        self._runner.start(index)
+
+    async def finish(self) -> None:
+        await self._runner.wait()
+
+    async def abort(self) -> None:
+        await self._runner.cancel()
+
+
+class _WorkerExecutor:
+    """Runs sessions in one worker process and relays what it reports."""
+
+    def __init__(self, run: _Run, worker: int) -> None:
+        config = run.config
+        self.name = f"worker {worker}"
+        self.running = 0
+        self.alive = True
+        self._run = run
+        self._pending: dict[int, str] = {}
+        self._child = ChildProcess(
+            f"client worker {worker}",
+            "tools.traffic.client_worker",
+            worker_config(
+                worker=worker, workers=config.workers, server=config.server, ws_port=config.ws_port,
+                wss_port=config.wss_port, https_port=config.https_port, ca=str(config.ca), seed=config.seed,
+                mix=list(config.mix), time_scale=config.time_scale, progress_interval=config.progress_interval,
+                log_level=logging.getLogger().getEffectiveLevel(),
+            ),
+            self._message,
+            self._exited,
+        )
+
+    async def start(self) -> None:
+        await self._child.start()
+
+    def submit(self, index: int) -> None:
+        self.running += 1
+        self._pending[index] = self._run.config.mix[index % len(self._run.config.mix)][0]
+        self._child.send_line(str(index))
+
+    def _message(self, message: Message) -> None:
+        kind = message.get("kind")
+        if kind == "row":
+            self._run.on_row(LabelRow(**message["row"]))
+        elif kind == "end":
+            end = SessionEnd(**{field.name: message[field.name] for field in dataclasses.fields(SessionEnd)})
+            self._pending.pop(end.index, None)
+            self.running -= 1
+            self._run.on_end(end)
+        elif kind == "load":
+            self._run.loads[self.name] = LoadSample(message["cpu"], message["lag_mean"], message["lag_max"])
+        else:
+            logger.error("%s sent a message of unknown kind %r", self.name, kind)
+
+    def _exited(self, status: int) -> None:
+        self.alive = False
+        if status != 0 or self._pending:
+            logger.error(
+                "%s (pid %s) exited with status %d while %d sessions were running; counting them as failed",
+                self.name, self._child.pid, status, len(self._pending),
+            )
+        for index, scenario in sorted(self._pending.items()):
+            self.running -= 1
+            self._run.on_end(SessionEnd(index, scenario, FAILED, 0.0, {}))
+        self._pending.clear()
+
+    async def finish(self) -> None:
+        self._child.close_input()
+        await self._child.wait()
+
+    async def abort(self) -> None:
+        await self._child.stop(WORKER_STOP_TIMEOUT)
+
+
 class _Run:
-    def __init__(self, config: ClientConfig, target: Target, writer: LabelWriter, report: RunReport) -> None:
+    def __init__(self, config: ClientConfig, writer: LabelWriter, report: RunReport) -> None:
         self.config = config
-        self.target = target
         self.writer = writer
         self.report = report
         self.pace = Pace(config.time_scale)
-        self.sessions: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(config.concurrency)
+        self.loads: dict[str, LoadSample] = {}
+        self.durations: list[float] = []
+        self.index = 0
+        self.started_wall = time.time()
+        self.starts_end_wall: float | None = None
+        self.executors: list[_LocalExecutor | _WorkerExecutor] = (
+            [_LocalExecutor(self)] if config.workers == 1
+            else [_WorkerExecutor(self, worker) for worker in range(config.workers)]
+        )
+
+    def on_row(self, row: LabelRow) -> None:
+        self.writer.write(row)
+        self.report.connections[row.scenario] += 1
+        self.report.flows[(row.family, row.label)] += 1
+
+    def on_end(self, end: SessionEnd) -> None:
+        outcomes = {FINISHED: self.report.finished, FAILED: self.report.failed, CANCELLED: self.report.cancelled}
+        outcomes[end.outcome][end.scenario] += 1
+        self.report.events[end.scenario].update(end.events)
+        if end.outcome == FINISHED:
+            self.durations.append(end.seconds)
+        self.slots.release()
+
+    @property
+    def running(self) -> int:
+        return sum(executor.running for executor in self.executors)
 
     async def run(self) -> None:
+        config = self.config
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.duration
-        slots = asyncio.Semaphore(self.config.concurrency)
-        progress = asyncio.create_task(self._log_progress(loop.time()))
+        deadline = None if config.duration is None else loop.time() + config.duration
+        self.started_wall = time.time()
+        monitor = LoadMonitor()
+        background = [asyncio.create_task(monitor.run()), asyncio.create_task(self._log_progress(monitor))]
+        completed = False
         try:
-            index = 0
-            while loop.time() < deadline:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        await slots.acquire()
-                except TimeoutError:
-                    break
-                plan = plan_session(self.config.seed, index, self.config.mix)
-                task = asyncio.create_task(self._session(plan, slots), name=f"session-{index}")
-                self.sessions.add(task)
-                task.add_done_callback(self.sessions.discard)
-                index += 1
-                await self.pace.sleep(START_GAP_SECONDS)
-            logger.info(
-                "duration of %.1f s reached after %d sessions; waiting for %d running sessions",
-                self.config.duration, index, len(self.sessions),
-            )
-            if self.sessions:
-                await asyncio.wait(set(self.sessions))
+            for executor in self.executors:
+                await executor.start()
+            await self._start_sessions(deadline)
+            self.starts_end_wall = time.time()
+            logger.info("%d sessions started; no new session starts, waiting for %d running sessions",
+                        self.index, self.running)
+            await asyncio.gather(*(executor.finish() for executor in self.executors))
+            completed = True
         finally:
-            # Also on cancellation: cancelled sessions close their connections,
-            # which writes their label rows, before the labels file is closed.
-            progress.cancel()
-            for task in self.sessions:
+            if not completed:
+                # Also on cancellation: sessions close their connections, which
+                # writes their label rows, before the labels file is closed.
+                await asyncio.gather(*(executor.abort() for executor in self.executors), return_exceptions=True)
+            for task in background:
                 task.cancel()
-            await asyncio.gather(progress, *self.sessions, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
 
-    async def _session(self, plan: SessionPlan, slots: asyncio.Semaphore) -> None:
-        report = self.report
-        bound = SCENARIOS[plan.scenario].max_seconds / self.config.time_scale + SESSION_SLACK_SECONDS
-        context = SessionContext(
-            plan=plan,
-            target=self.target,
-            pace=self.pace,
-            on_closed=lambda closed: self._record(plan, closed),
-            events=report.events[plan.scenario],
-        )
-        report.started[plan.scenario] += 1
-        logger.debug("session %d: %s over %s starts: %s", plan.index, plan.scenario, plan.family, dict(plan.params))
-        timeout = asyncio.timeout(bound)
-        try:
-            async with timeout:
-                await RUNNERS[plan.scenario](context)
-        except Exception as exc:
-            report.failed[plan.scenario] += 1
-            if isinstance(exc, TimeoutError) and timeout.expired():
-                logger.error(
-                    "session %d (%s over %s) timed out after %.1f s, its bound; the server may be stalled",
-                    plan.index, plan.scenario, plan.family, bound,
-                )
-            else:
-                logger.error(
-                    "session %d (%s over %s) failed: %s", plan.index, plan.scenario, plan.family, describe_error(exc)
-                )
-                logger.debug("session %d traceback", plan.index, exc_info=exc)
-        else:
-            report.finished[plan.scenario] += 1
-        finally:
-            slots.release()
+    async def _start_sessions(self, deadline: float | None) -> None:
+        config = self.config
+        while config.max_sessions is None or self.index < config.max_sessions:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.slots.acquire()
+            except TimeoutError:
+                return
+            alive = [executor for executor in self.executors if executor.alive]
+            if not alive:
+                self.slots.release()
+                logger.error("every worker process has exited; no more sessions can start")
+                return
+            executor = min(alive, key=lambda candidate: candidate.running)
+            self.report.started[config.mix[self.index % len(config.mix)][0]] += 1
+            executor.submit(self.index)
+            self.index += 1
+            await self.pace.sleep(START_GAP_SECONDS)
 
-    def _record(self, plan: SessionPlan, closed: ClosedConnection) -> None:
-        self.writer.write(
-            LabelRow(
-                src_ip=closed.local[0],
-                src_port=closed.local[1],
-                dst_ip=closed.remote[0],
-                dst_port=closed.remote[1],
-                family=plan.family,
-                scenario=plan.scenario,
-                label=plan.label,
-                encrypted=plan.encrypted,
-                session=plan.index,
-                start=closed.start,
-                end=closed.end,
-            )
-        )
-        self.report.connections[plan.scenario] += 1
-
-    async def _log_progress(self, started_at: float) -> None:
-        loop = asyncio.get_running_loop()
-        report = self.report
+    async def _log_progress(self, monitor: LoadMonitor) -> None:
         while True:
             await asyncio.sleep(self.config.progress_interval)
-            per_scenario = ", ".join(
-                f"{name} {report.started[name]}/{report.finished[name]}" for name in sorted(report.started)
-            )
+            report = self.report
             logger.info(
-                "progress at %.0f s: %d sessions running, %d failed, %d connections recorded; "
-                "started/finished: %s",
-                loop.time() - started_at, len(self.sessions), sum(report.failed.values()),
-                self.writer.rows_written, per_scenario,
+                "progress at %.0f s: %d sessions running, %d started, %d finished, %d failed; "
+                "%d flows recorded: %s; %s",
+                time.time() - self.started_wall, self.running, sum(report.started.values()),
+                sum(report.finished.values()), sum(report.failed.values()), self.writer.rows_written,
+                report.flows_by_family(), self._expected_end(),
             )
+            self.loads["client"] = monitor.sample()
+            logger.info("load: %s", "; ".join(f"{name} {load.describe()}" for name, load in sorted(self.loads.items())))
+
+    def _expected_end(self) -> str:
+        """Describe when the run should end: after the last starts, plus a typical and the longest session."""
+        config = self.config
+        now = time.time()
+        if self.starts_end_wall is not None:
+            starts_end = self.starts_end_wall
+        elif config.duration is not None:
+            starts_end = self.started_wall + config.duration
+            if config.max_sessions is not None and self.index:
+                rate = self.index / max(now - self.started_wall, 1e-9)
+                starts_end = min(starts_end, now + (config.max_sessions - self.index) / rate)
+        elif self.index:
+            starts_end = now + (config.max_sessions - self.index) / (self.index / max(now - self.started_wall, 1e-9))
+        else:
+            return "end not known yet"
+        latest = starts_end + max(session_bound(scenario, config.time_scale) for scenario, _ in config.mix)
+        if not self.durations:
+            return f"new sessions until {_clock(starts_end)}, end at {_clock(latest)} at the latest"
+        durations = sorted(self.durations)
+        typical = durations[min(len(durations) - 1, int(0.95 * len(durations)))]
+        return (f"new sessions until {_clock(starts_end)}, end expected about {_clock(max(starts_end, now) + typical)} "
+                f"(95th percentile of finished sessions {typical:.0f} s), at the latest {_clock(latest)}")
 
 
-def describe_error(exc: BaseException) -> str:
-    """Name the first leaf error of `exc`, looking inside the exception groups of anyio and asyncio task groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
 
 
 def parse_mix(text: str) -> tuple[MixEntry, ...]:
@@ -295,11 +461,9 @@ def parse_mix(text: str) -> tuple[MixEntry, ...]:
             raise ValueError(f"invalid weight {weight_text!r} in mix entry {item!r}; "
                              "expected an integer >= 1")
         weighted.append(((scenario, family), weight))
-    mix = []
-    for round_index in range(max(weight for _, weight in weighted)):
-        mix.extend(entry for entry, weight in weighted if weight > round_index)
+    mix = weighted_mix(weighted)
     check_mix(mix)
-    return tuple(mix)
+    return mix
 
 
 def parse_args(argv: list[str] | None = None) -> ClientConfig:
@@ -312,9 +476,15 @@ def parse_args(argv: list[str] | None = None) -> ClientConfig:
                         help="server address, on loopback or in 198.18.0.0/15 (default: %(default)s)")
     parser.add_argument("--ca", type=Path, required=True, help="ca.pem written by the server into its --tls-dir")
     parser.add_argument("--labels", type=Path, required=True, help="CSV file to create, one row per TCP connection")
-    parser.add_argument("--duration", type=float, required=True,
+    parser.add_argument("--duration", type=float,
                         help="seconds during which new sessions start; running sessions then finish")
+    parser.add_argument("--max-sessions", type=int,
+                        help="start at most this many sessions (indices 0 to N-1); at least one of --duration "
+                        "and --max-sessions is required")
     parser.add_argument("--concurrency", type=int, required=True, help="maximum number of sessions at once")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes that run the sessions; 1 runs them in this process "
+                        "(default: %(default)s)")
     parser.add_argument("--seed", type=int, required=True, help="seed of the session plans")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="divide every wait and period by this factor, for tests (default: %(default)s)")
@@ -326,6 +496,9 @@ def parse_args(argv: list[str] | None = None) -> ClientConfig:
                         "(default: every scenario and family, each family balanced between AI and not AI)")
     parser.add_argument("--max-failed-fraction", type=float, default=0.05,
                         help="exit with status 1 if more than this fraction of sessions fail (default: %(default)s)")
+    parser.add_argument("--progress-interval", type=float, default=10.0,
+                        help="seconds between progress lines in the log (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every session start (debug level)")
     args = parser.parse_args(argv)
     try:
         mix = parse_mix(args.mix) if args.mix else DEFAULT_MIX
@@ -337,13 +510,16 @@ def parse_args(argv: list[str] | None = None) -> ClientConfig:
         ca=args.ca,
         labels=args.labels,
         duration=args.duration,
+        max_sessions=args.max_sessions,
         concurrency=args.concurrency,
+        workers=args.workers,
         seed=args.seed,
         time_scale=args.time_scale,
         ws_port=args.ws_port,
         wss_port=args.wss_port,
         https_port=args.https_port,
         max_failed_fraction=args.max_failed_fraction,
+        progress_interval=args.progress_interval,
         mix=mix,
     )
 
@@ -351,15 +527,15 @@ def parse_args(argv: list[str] | None = None) -> ClientConfig:
         config.validate()
     except ValueError as exc:
         parser.error(str(exc))
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
     return config
 
 
 async def _main(config: ClientConfig) -> RunReport | None:
-    loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     assert main_task is not None
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signal_number, main_task.cancel)
+    cancel_on_signals(main_task, "traffic client")
     try:
         return await run_clients(config)
     except asyncio.CancelledError:
@@ -367,8 +543,8 @@ async def _main(config: ClientConfig) -> RunReport | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = parse_args(argv)
     # The SDK and httpx2 log every request and session at INFO; keep their warnings only.
     for noisy in ("mcp", "httpx2", "httpcore2", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -14,6 +14,11 @@ clock just before the connect and just after the close:
   (one per POST answered with SSE, the GET stream, reconnects), so only the
   backend gets every start and end right.
 
+With `SourcePorts`, both kinds bind their client port themselves, taking the
+ports of the kernel's ephemeral range in turn. The kernel's own choice hands
+out a port again within minutes, and a capture tool that sees the same
+5-tuple twice in a short time may merge the two connections into one flow.
+
 Traffic goes only to loopback or the testbed range: `check_test_address`
 rejects anything else before a socket is made.
 """
@@ -21,18 +26,28 @@ rejects anything else before a socket is made.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import logging
 import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import anyio.abc
 import httpcore2
 import httpx2
+# NOTE: AnyIOStream is private to httpcore2 2.16. AnyIOBackend.connect_tcp
+# builds the same stream but cannot bind a client port, so a source-port
+# connect wraps its own socket in it.
+from httpcore2._backends.anyio import AnyIOStream
 from websockets.asyncio.client import ClientConnection, connect
+
+logger = logging.getLogger(__name__)
 
 # Loopback, and the benchmarking range (RFC 2544) the testbed namespaces use.
 TEST_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("198.18.0.0/15"))
@@ -44,6 +59,11 @@ HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
 HTTP_LIMITS = httpx2.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
 
 WEBSOCKET_OPEN_TIMEOUT = 10.0
+
+EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Ports tried before a connect gives up: other programs may hold a few ports
+# of the range, but not this many in a row.
+MAX_BIND_ATTEMPTS = 256
 
 
 @dataclass(frozen=True)
@@ -80,6 +100,67 @@ def check_test_address(value: str, option: str) -> str:
     return value
 
 
+class SourcePorts:
+    """Client ports handed out in turn from [low, high], so a run reuses a port only after the whole range.
+
+    Worker `worker` of `workers` takes every `workers`-th port starting at
+    low + `worker`, so worker processes never pick the same port. A port
+    that is in use (by another program, or still in TIME_WAIT) is skipped.
+    """
+
+    def __init__(self, low: int, high: int, worker: int = 0, workers: int = 1) -> None:
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"client port range {low}-{high} is invalid; expected 1 <= low <= high <= 65535")
+        if not 0 <= worker < workers:
+            raise ValueError(f"worker {worker} is outside 0..{workers - 1}")
+        if high - low + 1 < workers:
+            raise ValueError(f"client port range {low}-{high} has fewer ports than the {workers} workers")
+        self.low = low
+        self.high = high
+        self.worker = worker
+        self.workers = workers
+        self._next = low + worker
+
+    @classmethod
+    def from_system(cls, worker: int = 0, workers: int = 1) -> SourcePorts:
+        """Use the kernel's ephemeral port range of this network namespace."""
+        try:
+            low, high = map(int, EPHEMERAL_PORT_RANGE.read_text().split())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the ephemeral port range from {EPHEMERAL_PORT_RANGE}: {exc}") from None
+        return cls(low, high, worker, workers)
+
+    def take(self) -> int:
+        """Return the next port of this worker's share of the range, wrapping around at the end."""
+        port = self._next
+        self._next += self.workers
+        if self._next > self.high:
+            self._next = self.low + self.worker
+        return port
+
+    def bind(self, sock: socket.socket) -> int:
+        """Bind `sock` to the next free port on every local address and return the port.
+
+        Raises:
+            OSError: EADDRINUSE when MAX_BIND_ATTEMPTS ports in a row are taken.
+        """
+        for _ in range(MAX_BIND_ATTEMPTS):
+            port = self.take()
+            try:
+                sock.bind(("", port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                logger.debug("client port %d is in use; trying the next one", port)
+                continue
+            return port
+        raise OSError(
+            errno.EADDRINUSE,
+            f"no free client port after {MAX_BIND_ATTEMPTS} attempts in {self.low}-{self.high}; "
+            "too many connections are open at once for this range",
+        )
+
+
 @asynccontextmanager
 async def open_websocket(
     uri: str,
@@ -87,20 +168,24 @@ async def open_websocket(
     port: int,
     on_closed: ConnectionClosed,
     ssl_context: ssl.SSLContext | None = None,
+    source_ports: SourcePorts | None = None,
     **options: Any,
 ) -> AsyncIterator[ClientConnection]:
     """Connect a WebSocket to `host`:`port`, report the connection once it is closed.
 
     `uri` gives the path and the Host header; TLS is used when `ssl_context`
-    is set, verified against `host`. The connection is closed with a closing
-    handshake on exit, so the flow ends with FIN. Extra `options` go to
-    `websockets.asyncio.client.connect`.
+    is set, verified against `host`. The client port comes from
+    `source_ports` if given, else from the kernel. The connection is closed
+    with a closing handshake on exit, so the flow ends with FIN. Extra
+    `options` go to `websockets.asyncio.client.connect`.
     """
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
     start = time.time()
     try:
+        if source_ports is not None:
+            source_ports.bind(sock)
         async with asyncio.timeout(WEBSOCKET_OPEN_TIMEOUT):
             await loop.sock_connect(sock, (host, port))
     except BaseException:
@@ -128,23 +213,29 @@ async def open_websocket(
 
 
 def recording_http_client(
-    ssl_context: ssl.SSLContext, on_closed: ConnectionClosed, **options: Any
+    ssl_context: ssl.SSLContext,
+    on_closed: ConnectionClosed,
+    source_ports: SourcePorts | None = None,
+    **options: Any,
 ) -> httpx2.AsyncClient:
     """Build an `httpx2.AsyncClient` that reports every TCP connection it closes.
 
+    Client ports come from `source_ports` if given, else from the kernel.
     Proxy and TLS settings from the environment are ignored. Extra
     `options` go to `httpx2.AsyncClient`.
     """
     options.setdefault("timeout", HTTP_TIMEOUT)
     return httpx2.AsyncClient(
-        transport=_RecordingTransport(ssl_context, on_closed),
+        transport=_RecordingTransport(ssl_context, on_closed, source_ports),
         trust_env=False,
         **options,
     )
 
 
 class _RecordingTransport(httpx2.AsyncHTTPTransport):
-    def __init__(self, ssl_context: ssl.SSLContext, on_closed: ConnectionClosed) -> None:
+    def __init__(
+        self, ssl_context: ssl.SSLContext, on_closed: ConnectionClosed, source_ports: SourcePorts | None
+    ) -> None:
         super().__init__(verify=ssl_context, trust_env=False, limits=HTTP_LIMITS)
         # NOTE: httpx2 2.16 has no parameter for an httpcore2 network backend,
         # so the pool it just built is replaced by the same pool with a
@@ -160,7 +251,7 @@ class _RecordingTransport(httpx2.AsyncHTTPTransport):
             max_connections=HTTP_LIMITS.max_connections,
             max_keepalive_connections=HTTP_LIMITS.max_keepalive_connections,
             keepalive_expiry=HTTP_LIMITS.keepalive_expiry,
-            network_backend=_RecordingBackend(on_closed),
+            network_backend=_RecordingBackend(on_closed, source_ports),
         )
 
 
@@ -213,9 +304,10 @@ class _RecordingStream(httpcore2.AsyncNetworkStream):
 
 
 class _RecordingBackend(httpcore2.AsyncNetworkBackend):
-    def __init__(self, on_closed: ConnectionClosed) -> None:
+    def __init__(self, on_closed: ConnectionClosed, source_ports: SourcePorts | None) -> None:
         self._inner = httpcore2.AnyIOBackend()
         self._on_closed = on_closed
+        self._source_ports = source_ports
 
     async def connect_tcp(
         self,
@@ -226,10 +318,41 @@ class _RecordingBackend(httpcore2.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
         start = time.time()
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        if self._source_ports is None:
+            stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        else:
+            stream = await _connect_from_port(self._source_ports, host, port, timeout)
         local = stream.get_extra_info("client_addr")
         remote = stream.get_extra_info("server_addr")
         return _RecordingStream(stream, _OpenConnection(local, remote, start, self._on_closed))
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+async def _connect_from_port(
+    source_ports: SourcePorts, host: str, port: int, timeout: float | None
+) -> httpcore2.AsyncNetworkStream:
+    """Connect to `host`:`port` from the next port of `source_ports`, as `AnyIOBackend.connect_tcp` would.
+
+    Errors are mapped to httpcore2's ConnectError and ConnectTimeout, which
+    httpx2 turns into its own exceptions of the same names.
+    """
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        source_ports.bind(sock)
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (host, port))
+        stream = await anyio.abc.SocketStream.from_socket(sock)
+    except TimeoutError:
+        sock.close()
+        raise httpcore2.ConnectTimeout(f"connect to {host}:{port} timed out after {timeout} s") from None
+    except OSError as exc:
+        sock.close()
+        raise httpcore2.ConnectError(f"connect to {host}:{port} failed: {exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return AnyIOStream(stream)

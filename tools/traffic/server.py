@@ -1,14 +1,19 @@
-"""Traffic server: WebSocket (plain and TLS) and HTTPS with MCP, in one asyncio process.
+"""Traffic server: WebSocket (plain and TLS) and HTTPS with MCP, in one or more asyncio processes.
 
     python -m tools.traffic.server --host 198.19.0.2 --ws-port 80 --wss-port 443 \\
-        --https-port 8443 --tls-dir /tmp/tls --ready-file /tmp/server.ready
+        --https-port 8443 --tls-dir /tmp/tls --ready-file /tmp/server.ready --processes 2
 
 At start the server writes a fresh test PKI into --tls-dir (ca.pem for the
-client) and binds every listener. Only then does it write the ready file, JSON
-with the bound ports (so port 0 for any free port works), and print the line
-`ready ws=PORT wss=PORT https=PORT` on stdout. SIGTERM or SIGINT stops it:
-listeners close, open WebSockets get a close frame, HTTPS requests get
-`SHUTDOWN_GRACE_SECONDS` to finish, and the exit status is 0.
+client) and binds every listener. With --processes N > 1 it also starts N-1
+extra WebSocket processes (`server_worker`) that listen on the same
+WebSocket ports through SO_REUSEPORT; HTTPS stays in this process. Only
+once every process is listening does it write the ready file, JSON with the
+bound ports (so port 0 for any free port works), and print the line
+`ready ws=PORT wss=PORT https=PORT` on stdout. Every ~10 s each process logs
+its open connections and its load (CPU, event-loop lag). SIGTERM or SIGINT
+stops it: listeners close, open WebSockets get a close frame, HTTPS
+requests get `SHUTDOWN_GRACE_SECONDS` to finish, the extra processes report
+their counts, and the exit status is 0.
 
 In-process use: `await serve(ServerConfig(...), stop_event, on_ready)`.
 """
@@ -27,10 +32,12 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from websockets.asyncio.server import serve as serve_websockets
 
+from tools.traffic.children import ChildProcess, Message
 from tools.traffic.connections import check_test_address
 from tools.traffic.handlers import (
     ServerStats,
@@ -38,6 +45,8 @@ from tools.traffic.handlers import (
     websocket_handler,
     websocket_process_request,
 )
+from tools.traffic.monitor import LoadMonitor, raise_open_file_limit
+from tools.traffic.server_worker import helper_config, listening_socket
 from tools.traffic.tlsca import TlsFiles, server_ssl_context, write_test_pki
 
 logger = logging.getLogger(__name__)
@@ -45,6 +54,11 @@ logger = logging.getLogger(__name__)
 # How long open HTTPS requests (MCP GET streams above all) may run on after a
 # stop before they are cancelled.
 SHUTDOWN_GRACE_SECONDS = 3.0
+MAX_PROCESSES = 16
+# Seconds an extra process may take to import its modules and bind its ports.
+PROCESS_READY_TIMEOUT = 60.0
+# Seconds an extra process gets after SIGTERM to close its WebSockets and report.
+PROCESS_STOP_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -58,10 +72,18 @@ class ServerConfig:
     tls_dir: Path = Path("tls")
     ready_file: Path | None = None
     stats_file: Path | None = None
+    processes: int = 1
+    progress_interval: float = 10.0
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field."""
         check_test_address(self.host, "--host")
+        if isinstance(self.processes, bool) or not isinstance(self.processes, int) or not (
+            1 <= self.processes <= MAX_PROCESSES
+        ):
+            raise ValueError(f"--processes {self.processes!r} must be an integer in [1, {MAX_PROCESSES}]")
+        if not self.progress_interval > 0:
+            raise ValueError(f"progress_interval {self.progress_interval!r} must be seconds greater than 0")
         ports = {"--ws-port": self.ws_port, "--wss-port": self.wss_port, "--https-port": self.https_port}
         for option, port in ports.items():
             if not isinstance(port, int) or not 0 <= port <= 65535:
@@ -99,11 +121,16 @@ async def serve(
     config and OSError naming the option when a port cannot be bound.
     """
     config.validate()
+    raise_open_file_limit()
     tls_files = write_test_pki(config.tls_dir, ip_addresses=[config.host])
     tls_context = server_ssl_context(tls_files)
     stats = ServerStats(track_connections=config.stats_file is not None)
+    helpers: list[_Helper] = []
 
     with _bound_sockets(config) as (ws_socket, wss_socket, https_socket):
+        monitor = LoadMonitor()
+        background = [asyncio.create_task(monitor.run()),
+                      asyncio.create_task(_log_progress(monitor, stats, config.progress_interval))]
         handler = websocket_handler(stats)
         process_request = websocket_process_request(stats)
         ws_server = await serve_websockets(handler, sock=ws_socket, process_request=process_request)
@@ -113,6 +140,12 @@ async def serve(
         try:
             if not await _first_of(https_server.started_event.wait(), https_task):
                 raise RuntimeError(f"HTTPS listener on {config.host} stopped during start-up; see the log above")
+            for process in range(1, config.processes):
+                helper = _Helper(process, config, ws_socket.getsockname()[1], wss_socket.getsockname()[1],
+                                 tls_files, stats)
+                helpers.append(helper)
+                await helper.start()
+            await _wait_ready(helpers)
 
             bound = BoundServer(
                 pid=os.getpid(),
@@ -123,8 +156,8 @@ async def serve(
                 ca=str(tls_files.ca),
             )
             logger.info(
-                "listening on %s: ws=%d wss=%d https=%d (CA %s)",
-                bound.host, bound.ws_port, bound.wss_port, bound.https_port, bound.ca,
+                "listening on %s: ws=%d wss=%d https=%d (CA %s) in %d processes",
+                bound.host, bound.ws_port, bound.wss_port, bound.https_port, bound.ca, config.processes,
             )
             if on_ready is not None:
                 on_ready(bound)
@@ -137,7 +170,13 @@ async def serve(
             ws_server.close()
             wss_server.close()
             https_server.should_exit = True
-            await asyncio.gather(ws_server.wait_closed(), wss_server.wait_closed(), https_task)
+            await asyncio.gather(
+                ws_server.wait_closed(), wss_server.wait_closed(), https_task,
+                *(helper.stop() for helper in helpers),
+            )
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
 
     served = ", ".join(f"{name}={count}" for name, count in sorted(stats.events.items()))
     logger.info("served: %s", served or "nothing")
@@ -146,7 +185,73 @@ async def serve(
     return stats
 
 
-async def _first_of(awaitable: Awaitable[object], task: asyncio.Task[None]) -> bool:
+class _Helper:
+    """One extra WebSocket process: starts it, waits for it to listen, collects its counts when it stops."""
+
+    def __init__(
+        self, process: int, config: ServerConfig, ws_port: int, wss_port: int, tls: TlsFiles, stats: ServerStats
+    ) -> None:
+        self.name = f"server process {process}"
+        self.stats = stats
+        self.ready = asyncio.Event()
+        self.exited = asyncio.Event()
+        self.child = ChildProcess(
+            self.name,
+            "tools.traffic.server_worker",
+            helper_config(
+                process=process, host=config.host, ws_port=ws_port, wss_port=wss_port, tls=tls,
+                track_connections=stats.connections is not None, progress_interval=config.progress_interval,
+                log_level=logging.getLogger().getEffectiveLevel(),
+            ),
+            self._message,
+            self._exited,
+        )
+
+    async def start(self) -> None:
+        await self.child.start()
+
+    def _message(self, message: Message) -> None:
+        if message.get("kind") == "ready":
+            self.ready.set()
+        elif message.get("kind") == "connections":
+            self.stats.merge({}, message["connections"])
+        elif message.get("kind") == "stats":
+            self.stats.merge(message["events"], [])
+        else:
+            logger.error("%s sent a message of unknown kind %r", self.name, message.get("kind"))
+
+    def _exited(self, status: int) -> None:
+        self.exited.set()
+        if status != 0:
+            logger.error("%s (pid %s) exited with status %d; see its log lines above", self.name, self.child.pid, status)
+
+    async def stop(self) -> None:
+        """Stop the process and collect its counts; log a failure instead of raising, so the others stop too."""
+        try:
+            await self.child.stop(PROCESS_STOP_TIMEOUT)
+        except (OSError, ValueError) as exc:
+            logger.error("%s (pid %s): failed to collect its counts: %s", self.name, self.child.pid, exc)
+
+
+async def _wait_ready(helpers: list[_Helper]) -> None:
+    """Wait until every extra process listens; raise RuntimeError naming one that exits or times out."""
+    try:
+        async with asyncio.timeout(PROCESS_READY_TIMEOUT):
+            for helper in helpers:
+                if not await _first_of(helper.ready.wait(), asyncio.ensure_future(helper.exited.wait())):
+                    raise RuntimeError(f"{helper.name} exited during start-up; see its log lines above")
+    except TimeoutError:
+        raise RuntimeError(f"an extra server process was not listening after {PROCESS_READY_TIMEOUT:.0f} s") from None
+
+
+async def _log_progress(monitor: LoadMonitor, stats: ServerStats, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        logger.info("%d WebSockets open, %d HTTPS requests in progress; %s",
+                    stats.open_websockets, stats.open_requests, monitor.sample().describe())
+
+
+async def _first_of(awaitable: Awaitable[object], task: asyncio.Future[Any]) -> bool:
     """Wait for `awaitable` or the end of `task`; return True if `awaitable` finished first."""
     waiter = asyncio.ensure_future(awaitable)
     try:
@@ -193,7 +298,10 @@ def _bound_sockets(config: ServerConfig) -> Iterator[tuple[socket.socket, socket
         for option, port in (("--ws-port", config.ws_port), ("--wss-port", config.wss_port),
                              ("--https-port", config.https_port)):
             try:
-                sockets.append(socket.create_server((config.host, port)))
+                # Extra processes listen on the WebSocket ports too, which SO_REUSEPORT
+                # allows only when every socket on the port sets it.
+                reuse_port = config.processes > 1 and option != "--https-port"
+                sockets.append(listening_socket(config.host, port, reuse_port))
             except OSError as exc:
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 raise OSError(
@@ -233,8 +341,9 @@ def _port(value: str) -> int:
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser = argparse.ArgumentParser(
         prog="python -m tools.traffic.server",
-        description="Serve the aiflowd traffic scenarios: LLM chat and IoT telemetry over WebSocket "
-        "(plain and TLS), MCP tools, web pages and REST telemetry over HTTPS.",
+        description="Serve the aiflowd traffic scenarios: LLM chats, a voice assistant, IoT devices, chat, "
+        "tickers and dashboards over WebSocket (plain and TLS); MCP tools, a streaming LLM API, pages, REST, "
+        "downloads, SSE and update checks over HTTPS.",
     )
 
     parser.add_argument("--host", default="127.0.0.1",
@@ -251,6 +360,10 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                         help="JSON file written once every listener is bound: pid, host, ports, CA path")
     parser.add_argument("--stats-file", type=Path,
                         help="JSON file written at exit: counts of what was served and every client connection seen")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="processes serving WebSockets; HTTPS stays in the first (default: %(default)s)")
+    parser.add_argument("--progress-interval", type=float, default=10.0,
+                        help="seconds between load lines in the log (default: %(default)s)")
     args = parser.parse_args(argv)
 
     config = ServerConfig(
@@ -261,6 +374,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         tls_dir=args.tls_dir,
         ready_file=args.ready_file,
         stats_file=args.stats_file,
+        processes=args.processes,
+        progress_interval=args.progress_interval,
     )
 
     try:
@@ -292,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         asyncio.run(_main(config))
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 1
     return 0

@@ -8,7 +8,10 @@ character to almost nothing, while prose shrinks only a few times: text from
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
+from typing import Any
 
 WORDS = (
     "the of and to in is that for it as with was on be by this are from or have an they which one you were "
@@ -57,3 +60,12 @@ def llm_tokens(rng: random.Random, count: int) -> list[str]:
             tokens.append(word[:piece_length])
             word = word[piece_length:]
     return tokens
+
+
+def json_of_size(rng: random.Random, build: Callable[[str], dict[str, Any]], size: int) -> str:
+    """Encode `build(text)` as compact JSON of about `size` bytes, `text` being words from `filler`.
+
+    The result is exactly `size` bytes unless `build("")` alone is longer.
+    """
+    empty = json.dumps(build(""), separators=(",", ":"))
+    return json.dumps(build(filler(rng, size - len(empty))), separators=(",", ":"))
