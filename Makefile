@@ -56,6 +56,12 @@ codegen: $(STAMP)
 capture: $(STAMP)
 	$(BIN)/aiflowd capture --out $(CAPTURE) --card
 
+# At least 6,000 labeled flows in real time: 560 sessions at once for 600 s of
+# session starts, then about 4 minutes until the last session ends.
+dataset: $(STAMP)
+	$(BIN)/aiflowd capture --out $(DATASET) --duration 600 --concurrency 560 --seed 1 \
+		--workers 2 --server-processes 2 --capture-id dataset-1 --card
+
 report: $(STAMP)
 	$(BIN)/aiflowd report --data $(REPORT_DATA)/flows.csv --out build/report
 

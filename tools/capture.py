@@ -51,6 +51,8 @@ class CaptureConfig:
     trace_interval: float = 1.0  # seconds between conntrack snapshots
     capture_id: str = ""
     mix: str = ""                # client --mix; empty for the client's default
+    workers: int = 1             # client worker processes
+    server_processes: int = 1    # server processes sharing the WebSocket ports
 
 
 class CaptureError(RuntimeError):
@@ -99,7 +101,7 @@ def run_traffic(bed, out_dir, config, workdir):
         python, "-m", "tools.traffic.server", "--host", tb.SERVER_IP,
         "--ws-port", str(WS_PORT), "--wss-port", str(WSS_PORT),
         "--https-port", str(HTTPS_PORT), "--tls-dir", str(tls_dir),
-        "--ready-file", str(ready)],
+        "--ready-file", str(ready), "--processes", str(config.server_processes)],
         stdout=log_file("server.log"), stderr=subprocess.STDOUT)
     _wait_for_file(ready, server, 30, "traffic server")
 
@@ -119,13 +121,15 @@ def run_traffic(bed, out_dir, config, workdir):
         stdout=log_file("ctrace.log"), stderr=subprocess.STDOUT)
 
     started = time.time()
-    log.info("running traffic for %.0f s with %d sessions at once (seed %d, time scale %g)",
-             config.duration, config.concurrency, config.seed, config.time_scale)
+    log.info("starting sessions for %.0f s, %d at once (seed %d, time scale %g); running "
+             "sessions then finish; progress in %s", config.duration, config.concurrency,
+             config.seed, config.time_scale, logs / "client.log")
     client = bed.spawn(bed.client, [
         python, "-m", "tools.traffic.client", "--server", tb.SERVER_IP,
         "--ca", str(tls_dir / "ca.pem"), "--labels", str(labels),
         "--duration", str(config.duration), "--concurrency", str(config.concurrency),
         "--seed", str(config.seed), "--time-scale", str(config.time_scale),
+        "--workers", str(config.workers),
         "--ws-port", str(WS_PORT), "--wss-port", str(WSS_PORT),
         "--https-port", str(HTTPS_PORT)] + (["--mix", config.mix] if config.mix else []),
         stdout=log_file("client.log"), stderr=subprocess.STDOUT)
@@ -181,9 +185,13 @@ def make_capture(out_dir, config):
                 (out_dir / name).write_text((logs / name).read_text(errors="replace"))
     summary.update(timings)
     summary["config"] = asdict(config)
+    pcap = out_dir / "capture.pcap.gz"
+    if pcap.exists():
+        summary["pcap_bytes"] = pcap.stat().st_size
     summary["capture_id"] = capture_id
     summary["wall_seconds"] = round(time.time() - begun, 1)
     summary["tools"] = tool_versions()
+    summary["generator_commit"] = source_commit()
     (out_dir / "capture.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     log.info("capture %s done in %.0f s: %d flows, %d labeled",
              capture_id, summary["wall_seconds"], summary["flows"], summary["labeled"])
@@ -238,6 +246,19 @@ def extract(out_dir, capture_id, workdir):
             "merged_flows": len(report.merged),
             "unmatched_labels": len(report.unmatched_labels),
             "label_rows": len(labels)}
+
+
+def source_commit():
+    """Return the git commit of this checkout (with '+changes' when it is modified), or ''."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tools"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return commit + ("+changes" if commit and dirty else "")
 
 
 def tool_versions():

@@ -33,7 +33,8 @@ def cmd_capture(args):
     from tools.capture import CaptureConfig, make_capture
     config = CaptureConfig(duration=args.duration, concurrency=args.concurrency,
                            seed=args.seed, time_scale=args.time_scale,
-                           capture_id=args.capture_id, mix=args.mix)
+                           capture_id=args.capture_id, mix=args.mix, workers=args.workers,
+                           server_processes=args.server_processes)
     summary = make_capture(args.out, config)
     print("capture %s: %d flows, %d labeled, traffic %.0f s, total %.0f s"
           % (summary["capture_id"], summary["flows"], summary["labeled"],
@@ -138,6 +139,10 @@ def build_parser():
                    "the output directory's name)")
     p.add_argument("--mix", default="", help="sessions to run, as scenario/family[:weight] "
                    "entries separated by commas (default: the traffic client's balanced mix)")
+    p.add_argument("--workers", type=_positive(int), default=1,
+                   help="traffic client worker processes (default 1)")
+    p.add_argument("--server-processes", type=_positive(int), default=1,
+                   help="traffic server processes (default 1)")
     p.add_argument("--card", action="store_true", help="also write the data card")
     p.set_defaults(func=cmd_capture)
 

@@ -153,6 +153,16 @@ def replay_demo(data_dir=DEFAULT_DATA, out_dir=REPO / "build" / "demo", seed=1):
     return {"stats": stats, "scores": scores, "held_out": held_scores, "report": report}
 
 
+def training_mix():
+    """Return the scenario mix of the capture the committed model was trained on.
+
+    The live demo runs that mix, so it measures the model on the kinds of
+    session it learned, with new parameters (another seed).
+    """
+    meta = json.loads((DEFAULT_DATA / "capture.json").read_text())
+    return meta["config"].get("mix", "")
+
+
 def _print_record(record):
     print(record["line"], flush=True)
 
@@ -176,7 +186,7 @@ def testbed_demo(model_py=None, duration=60.0, concurrency=16, seed=7, time_scal
     tb.require_root("the testbed demo")
     model_py = Path(model_py or REPO / "firmware" / "generated" / "aiflowd_model.py")
     config = CaptureConfig(duration=duration, concurrency=concurrency, seed=seed,
-                           time_scale=time_scale)
+                           time_scale=time_scale, mix=training_mix())
     with tempfile.TemporaryDirectory(prefix="aiflowd-testbed-") as tmp:
         tmp = Path(keep_dir or tmp)
         tmp.mkdir(parents=True, exist_ok=True)

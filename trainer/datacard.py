@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from tools.traffic.scenarios import parameter_table_markdown
 from trainer import flows as flowschema
 
 _FILES = ("capture.pcap", "capture.pcap.gz", "conntrack.trace", "conntrack.trace.gz",
@@ -30,12 +31,16 @@ def render_card(capture_dir):
         "label as it opened it.", "",
         "## How it was made", "",
         "    aiflowd capture --out %s --duration %g --concurrency %d --seed %d "
-        "--time-scale %g%s" % (capture_dir.name, config["duration"], config["concurrency"],
-                               config["seed"], config["time_scale"],
-                               " \\\n        --mix %s" % config["mix"] if config.get("mix") else ""),
+        "--time-scale %g%s%s" % (
+            capture_dir.name, config["duration"], config["concurrency"], config["seed"],
+            config["time_scale"],
+            " \\\n        --workers %d --server-processes %d" % (
+                config["workers"], config["server_processes"]) if "workers" in config else "",
+            " \\\n        --mix %s" % config["mix"] if config.get("mix") else ""),
         "",
-        "The same command gives the same session plans (scenarios and their parameters); "
-        "packet timing differs from run to run.", "",
+        "The same command, with the traffic generator of commit %s, gives the same "
+        "session plans (scenarios and their parameters); packet timing differs from run "
+        "to run." % (meta.get("generator_commit") or "unknown"), "",
         "- traffic: %.0f s (new sessions for %g s, at most %d at once), whole run %.0f s"
         % (meta["traffic_seconds"], config["duration"], config["concurrency"],
            meta["wall_seconds"]),
@@ -77,6 +82,10 @@ def render_card(capture_dir):
             q = group[name].quantile([0.05, 0.25, 0.5, 0.75, 0.95]).to_numpy()
             rows.append((family, label, name) + tuple("%.3g" % v for v in q))
     lines += _table(("family", "label", "feature", "p5", "p25", "p50", "p75", "p95"), rows)
+    lines += ["", "## Scenario parameters", "",
+              "Each session's parameters are drawn from these distributions, from a "
+              "generator seeded by the run's seed and the session's number.", ""]
+    lines.append(parameter_table_markdown().strip())
     lines += ["", "## Files", ""]
     lines += _table(("file", "bytes"), [(name, (capture_dir / name).stat().st_size)
                                         for name in _FILES if (capture_dir / name).exists()])
