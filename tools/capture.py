@@ -16,12 +16,13 @@ by 5-tuple. The output directory then holds::
 import gzip
 import json
 import logging
-import shutil
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -133,6 +134,8 @@ def run_traffic(bed, out_dir, config, workdir):
         "--ws-port", str(WS_PORT), "--wss-port", str(WSS_PORT),
         "--https-port", str(HTTPS_PORT)] + (["--mix", config.mix] if config.mix else []),
         stdout=log_file("client.log"), stderr=subprocess.STDOUT)
+    relay = _ProgressRelay(logs / "client.log")
+    relay.start()
     # The client stops starting sessions at --duration; running sessions end
     # within their own bound, so allow it a generous margin before giving up.
     limit = config.duration + 600
@@ -141,6 +144,8 @@ def run_traffic(bed, out_dir, config, workdir):
     except subprocess.TimeoutExpired:
         raise CaptureError("traffic client still running %.0f s after its duration; "
                            "see %s" % (limit - config.duration, logs / "client.log"))
+    finally:
+        relay.done.set()
     traffic_end = time.time()
     time.sleep(LINGER)
 
@@ -157,6 +162,32 @@ def run_traffic(bed, out_dir, config, workdir):
                     dropped)
     return {"traffic_seconds": round(traffic_end - started, 1),
             "tcpdump_dropped": dropped}
+
+
+class _ProgressRelay(threading.Thread):
+    """Repeat the traffic client's progress lines from its log file on our log."""
+
+    def __init__(self, path, marker=": progress at "):
+        super().__init__(name="progress-relay", daemon=True)
+        self.path = path
+        self.marker = marker
+        self.done = threading.Event()
+
+    def run(self):
+        position = 0
+        while not self.done.wait(1.0):
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(position)
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            # A partly written last line waits for the next read.
+            end = data.rfind(b"\n") + 1
+            position += end
+            for line in data[:end].decode(errors="replace").splitlines():
+                if self.marker in line:
+                    log.info("traffic progress at %s", line.split(self.marker, 1)[1])
 
 
 def _tcpdump_dropped(stats):
