@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tools import testbed as tb
 from trainer import labels as labeling
-from trainer import ndpi
+from trainer import ndpi, pcapviews
 from trainer.flows import write_flows
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,15 @@ def extract(out_dir, capture_id, workdir):
             shutil.copyfileobj(source, out)
         pcap = plain
     flows = ndpi.flows_from_pcap(pcap, workdir, capture_id=capture_id)
+    log.info("counting the packets of %s to check ndpiReader's directions", pcap.name)
+    packet_flows, _ = pcapviews.pcap_flows_and_views(pcap)
+    flows, corrected, disagree = pcapviews.reconcile_directions(flows, packet_flows)
+    if corrected:
+        log.warning("ndpiReader put packets of %d flows in the wrong direction; their "
+                    "counters come from the packets", corrected)
+    if disagree:
+        log.warning("%d flows have other packet or byte totals in ndpiReader than in the "
+                    "capture's packets; kept as ndpiReader reports them", disagree)
     labels = labeling.read_labels(out_dir / "labels.csv")
     flows, report = labeling.join_labels(flows, labels)
     for flow in report.unlabeled[:10]:
@@ -273,6 +282,7 @@ def extract(out_dir, capture_id, workdir):
     flows = flows[flows["label"] >= 0]
     write_flows(flows, out_dir / "flows.csv")
     return {"flows": report.flows, "labeled": report.labeled,
+            "direction_corrected": corrected, "totals_disagree": disagree,
             "unlabeled_flows": len(report.unlabeled),
             "merged_flows": len(report.merged),
             "unmatched_labels": len(report.unmatched_labels),

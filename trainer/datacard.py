@@ -47,6 +47,10 @@ def render_card(capture_dir):
         "- capture: tcpdump on the router's client-side veth (full packets, %d dropped); "
         "flows by `ndpiReader -C -v 2`, byte counts reduced by the 14-byte Ethernet header "
         "of each packet to layer-3 bytes" % meta["tcpdump_dropped"],
+        "- checks: the capture's packets were counted again by aiflowd's own reader; "
+        "%d flows where ndpiReader had put packets in the wrong direction take their "
+        "counters from the packets (their `source` says so), %d flows disagree in totals"
+        % (meta.get("direction_corrected", 0), meta.get("totals_disagree", 0)),
         "- conntrack: the router's /proc/net/nf_conntrack every %g s (acct and timestamp "
         "on), stored as changes in `conntrack.trace`" % config["trace_interval"],
         "- labels: joined by 5-tuple and time; %d of %d ndpiReader flows labeled; %d flows "

@@ -149,7 +149,9 @@ def parity(flows):
     if not parts:
         return None, None
     both = pd.concat(parts, ignore_index=True)
-    summary = {"flows": int(len(flows)), "matched": int(len(both))}
+    corrected = flows["source"].str.contains("directions from packets", regex=False)
+    summary = {"flows": int(len(flows)), "matched": int(len(both)),
+               "direction_corrected": int(corrected.sum())}
     for name in ("c_to_s_pkts", "s_to_c_pkts", "c_to_s_bytes", "s_to_c_bytes"):
         summary[name + "_exact"] = float((both[name + "_ndpi"] == both[name + "_ct"]).mean())
     difference = both["duration_ct"] - both["duration_ndpi"]

@@ -283,8 +283,8 @@ def _parity_section(report):
     return ["## Train/serve parity", "",
             "The same flows measured twice: ndpiReader on the router's capture (bytes "
             "reduced by the link header) and the router's conntrack table (trace). "
-            "%d of %d flows matched by 5-tuple and time." % (parity["matched"], parity["flows"]),
-            ""] + _table(("feature", "exact match"), [
+            "%d of %d flows matched by 5-tuple and time." % (parity["matched"], parity["flows"])
+            + _corrected_note(parity), ""] + _table(("feature", "exact match"), [
                 (name, "%.4f" % parity[name + "_exact"])
                 for name in ("c_to_s_pkts", "s_to_c_pkts", "c_to_s_bytes", "s_to_c_bytes")]) + [
             "",
@@ -295,6 +295,16 @@ def _parity_section(report):
             % (difference["mean"], difference["median"], difference["p05"], difference["p95"],
                difference["min"], difference["max"], 100 * difference["within_1s"],
                100 * difference["within_2s"]), ""]
+
+
+def _corrected_note(parity):
+    count = parity.get("direction_corrected", 0)
+    if not count:
+        return ""
+    return (" Before this comparison, %d flows took their counters from aiflowd's own count "
+            "of the packets, because ndpiReader 4.2 had put every packet of those flows in the "
+            "client-to-server direction (it counts them right when each flow is read alone); "
+            "as ndpiReader wrote them, those flows would not match." % count)
 
 
 def _corpus_section(report):
