@@ -189,3 +189,28 @@ def test_real_ndpireader_matches_pcap(tmp_path):
         assert row.duration == pytest.approx(flow["last"] - flow["first"], abs=0.002)
     port80 = table[table["dst_port"] == 80]
     assert vector(port80) == pytest.approx(EXPECTED)
+
+
+@pytest.mark.skipif(shutil.which("ndpiReader") is None,
+                    reason="ndpiReader not installed (Debian package libndpi-bin)")
+def test_direction_fault_is_corrected(tmp_path):
+    from trainer import pcapviews
+    measured = ndpi.flows_from_pcap(TWO_FLOWS, tmp_path)
+    packets, _ = pcapviews.pcap_flows_and_views(TWO_FLOWS)
+    # The fault seen with ndpiReader 4.2 on a large capture: every packet of
+    # a flow counted from client to server.
+    faulty = measured.copy()
+    faulty.loc[0, "c_to_s_pkts"] += faulty.loc[0, "s_to_c_pkts"]
+    faulty.loc[0, "c_to_s_bytes"] += faulty.loc[0, "s_to_c_bytes"]
+    faulty.loc[0, ["s_to_c_pkts", "s_to_c_bytes"]] = 0
+    # A flow whose totals differ is reported, not changed.
+    faulty.loc[1, "c_to_s_bytes"] += 10
+
+    fixed, corrected, disagree = pcapviews.reconcile_directions(faulty, packets)
+    assert corrected == 1
+    assert disagree == 1
+    counters = ["c_to_s_pkts", "s_to_c_pkts", "c_to_s_bytes", "s_to_c_bytes"]
+    assert fixed.loc[0, counters].tolist() == measured.loc[0, counters].tolist()
+    assert fixed.loc[0, "source"] == "ndpiReader, directions from packets"
+    assert fixed.loc[1, "c_to_s_bytes"] == measured.loc[1, "c_to_s_bytes"] + 10
+    assert fixed.loc[1, "source"] == "ndpiReader"
