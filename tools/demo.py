@@ -9,6 +9,7 @@ the runtime polling the router namespace's real conntrack table.
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -28,8 +29,10 @@ REPO = Path(__file__).resolve().parent.parent
 RUNTIME = REPO / "firmware" / "bin" / "aiflowd"
 DEFAULT_DATA = REPO / "data" / "capture-1"
 # nDPI's test captures (real non-AI traffic), kept beside this repository and
-# read in place; the product runs without them.
-DEFAULT_CORPUS = (REPO / ".." / "shared" / "data" / "ndpi-corpus").resolve()
+# read in place; AIFLOWD_CORPUS names another folder. The product runs
+# without them.
+DEFAULT_CORPUS = Path(os.environ.get("AIFLOWD_CORPUS")
+                      or REPO / ".." / "shared" / "data" / "ndpi-corpus").resolve()
 # The MicroPython heap for the runtime: a router-sized budget, not the
 # port's 2 MB default.
 RUNTIME_HEAP = "1M"
