@@ -193,6 +193,10 @@ def _flow_from_fields(fields, index, link_header, path, lineno):
 
     c_pkts = number("c_to_s_pkts", int)
     s_pkts = number("s_to_c_pkts", int)
+    # NOTE: a fixed header a packet is exact for veth and loopback captures.
+    # On a real Ethernet capture, VLAN tags and the padding of frames under
+    # 60 bytes are counted too and stay in the result; trainer.pcapviews
+    # counts IP total lengths instead.
     c_bytes = number("c_to_s_bytes", int) - link_header * c_pkts
     s_bytes = number("s_to_c_bytes", int) - link_header * s_pkts
     if c_bytes < 0 or s_bytes < 0:
