@@ -30,7 +30,11 @@ MIN_DURATION = OPTIONS["min-duration"][1]
 
 
 def oracle_flags(trace, forest):
-    """Return {5-tuple: [features at the poll that flagged it]} for a trace."""
+    """Return {(5-tuple, start): [features at the poll that flagged it]} for a trace.
+
+    start is the flow's creation time in whole epoch seconds, as the
+    runtime's syslog message gives it.
+    """
     flows = {}
     candidates = []  # (flow instance, 5-tuple, features) for every gated poll
     instances = 0
@@ -56,18 +60,18 @@ def oracle_flags(trace, forest):
                 continue
             x = [flow["last"] - flow["start"]] + counters
             if x[1] + x[2] >= MIN_PACKETS and x[0] >= MIN_DURATION:
-                candidates.append((flow["instance"], (entry.proto, entry.src, entry.sport,
-                                                      entry.dst, entry.dport), x))
+                five_tuple = (entry.proto, entry.src, entry.sport, entry.dst, entry.dport)
+                candidates.append((flow["instance"], (five_tuple, int(flow["start"])), x))
         for key in set(flows) - present:
             del flows[key]
 
     predictions = forest.predict(np.array([x for _, _, x in candidates], dtype=np.float64))
     flagged = {}
     done = set()
-    for (instance, five_tuple, x), prediction in zip(candidates, predictions):
+    for (instance, key, x), prediction in zip(candidates, predictions):
         if prediction == 1 and instance not in done:
             done.add(instance)
-            flagged[five_tuple] = x
+            flagged[key] = x
     return flagged
 
 
@@ -108,10 +112,12 @@ def test_replay_flags_expected_flows(kind, tmp_path, expected):
     flagged = flagged_flows(records)
 
     assert stats["flows_seen"] == 721
-    # One tuple was reused by a second AI connection and flagged again.
-    assert stats["flows_flagged"] == len(records)
+    assert stats["flows_flagged"] == len(records) == len(flagged)
     assert set(flagged) == set(expected)
-    assert len(flagged) == len(expected) == 295
+    # Twelve tuples were each used by two connections; the start keeps
+    # them apart.
+    assert len({five_tuple for five_tuple, _ in flagged}) < len(flagged)
+    assert len(flagged) == 297
     for key, fields in flagged.items():
         x = expected[key]
         assert float(fields["duration"]) == pytest.approx(x[0], abs=5e-4)
@@ -121,10 +127,14 @@ def test_replay_flags_expected_flows(kind, tmp_path, expected):
 
 def test_replay_against_labels(tmp_path):
     records, stats, _ = replay("micropython", tmp_path)
-    scores = precision_recall(flagged_flows(records), trace_truth(CAPTURE))
-    assert scores["ai_flows"] == 292
-    assert scores["true_positives"] == 292
-    assert scores["false_positives"] == 3
+    truth = trace_truth(CAPTURE)
+    # 709 tuples, twelve of them used by two connections each.
+    assert len(truth) == 721
+    assert len({five_tuple for five_tuple, _ in truth}) == 709
+    scores = precision_recall(flagged_flows(records), truth)
+    assert scores["ai_flows"] == 297
+    assert scores["true_positives"] == 297
+    assert scores["false_positives"] == 0
 
 
 def test_syslog_line_format(tmp_path):
@@ -134,9 +144,9 @@ def test_syslog_line_format(tmp_path):
     assert record["tag"] == "aiflowd"
     assert record["facility"] == 3 and record["severity"] == 5  # daemon.notice
     fields = parse_fields(record["message"])
-    assert list(fields) == ["event", "proto", "src", "sport", "dst", "dport", "zone", "score",
-                            "model", "duration", "c_to_s_pkts", "s_to_c_pkts", "c_to_s_bytes",
-                            "s_to_c_bytes"]
+    assert list(fields) == ["event", "proto", "src", "sport", "dst", "dport", "zone", "start",
+                            "score", "model", "duration", "c_to_s_pkts", "s_to_c_pkts",
+                            "c_to_s_bytes", "s_to_c_bytes"]
     assert fields["event"] == "flagged"
     assert 0.5 < float(fields["score"]) <= 1.0
     assert fields["model"] == _model_id()
@@ -205,7 +215,29 @@ def test_live_file_without_counters_is_reported(tmp_path):
         "--syslog", str(tmp_path / "absent.sock"), "--polls", "2", "--interval", "0.05",
         "--stats", str(stats_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "skipping 1 conntrack entries" in done.stderr
+    assert "skipping unusable conntrack entries: 1" in done.stderr
     assert "nf_conntrack line 1" in done.stderr
     assert "sysctl -w net.netfilter.nf_conntrack_acct=1" in done.stderr
     assert json.loads(stats_path.read_text())["flows_seen"] == 1
+
+
+def test_trace_without_counters_names_line(tmp_path):
+    # A trace recorded with accounting off: the error must point at the
+    # entry's line in the trace file, and a replay that could use no entry
+    # at all must fail instead of reporting zero flows.
+    entry = ("ipv4     2 tcp      6 431999 ESTABLISHED src=198.18.0.2 dst=198.19.0.2 "
+             "sport=40000 dport=443 src=198.19.0.2 dst=198.19.0.1 sport=443 dport=40000 "
+             "[ASSURED] mark=0 zone=0 use=2")
+    trace = tmp_path / "noacct.trace"
+    trace.write_text("# aiflowd conntrack trace v1\n# recorded without accounting\n"
+                     "@ 1796415800.000\n@ 1796415801.000\n+ %s\n@ 1796415802.000\n" % entry)
+    stats_path = tmp_path / "stats.json"
+    done = subprocess.run(micropython_command() + [
+        "--trace", str(trace), "--model", str(GENERATED / "aiflowd_model.py"),
+        "--syslog", "none", "--stats", str(stats_path)],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "noacct.trace line 5:" in done.stderr
+    assert "no usable conntrack entry in" in done.stderr
+    assert "sysctl -w net.netfilter.nf_conntrack_acct=1" in done.stderr
+    assert json.loads(stats_path.read_text())["flows_seen"] == 0

@@ -47,32 +47,68 @@ def micropython_command():
     return [exe, "-X", "heapsize=" + RUNTIME_HEAP, str(RUNTIME)]
 
 
+# Seconds by which a flagged flow's start (conntrack's whole-second
+# delta-time taken from a 1 s poll) may differ from the start of the same
+# connection in the ground truth.
+START_SLACK = 3.0
+
+
 def flagged_flows(records):
-    """Return {5-tuple: fields} for the flagged-flow messages among syslog records."""
+    """Return {(5-tuple, start): fields} for the flagged-flow messages among syslog records.
+
+    The start (epoch seconds) keeps apart connections that reused a tuple.
+    """
     flagged = {}
     for record in records:
         fields = parse_fields(record["message"])
         if fields.get("event") != "flagged":
             continue
         proto = {"tcp": 6, "udp": 17}.get(fields["proto"], -1)
-        key = (proto, fields["src"], int(fields["sport"]), fields["dst"], int(fields["dport"]))
-        flagged[key] = fields
+        five_tuple = (proto, fields["src"], int(fields["sport"]), fields["dst"],
+                      int(fields["dport"]))
+        flagged[(five_tuple, int(fields["start"]))] = fields
     return flagged
 
 
-def precision_recall(flagged, truth):
-    """Score flagged 5-tuples against {5-tuple: label}.
+def match_flags(flagged, truth, slack=START_SLACK):
+    """Pair each flagged (5-tuple, start) with the truth flow it reports.
 
-    A flagged flow missing from ``truth`` counts as a false positive.
-    Returns a dict with counts, precision and recall (None when undefined).
+    ``truth`` maps (5-tuple, start) to a label. A flagged flow pairs with the
+    truth flow of the same tuple whose start is nearest, if that is within
+    ``slack`` seconds, and each truth flow pairs at most once. Returns
+    {flagged key: truth key or None}.
     """
-    flagged = set(flagged)
+    starts = {}
+    for five_tuple, start in truth:
+        starts.setdefault(five_tuple, []).append(start)
+    matched = set()
+    pairs = {}
+    for five_tuple, start in sorted(flagged):
+        free = [t for t in starts.get(five_tuple, ()) if (five_tuple, t) not in matched
+                and abs(t - start) <= slack]
+        if free:
+            best = (five_tuple, min(free, key=lambda t: abs(t - start)))
+            matched.add(best)
+            pairs[(five_tuple, start)] = best
+        else:
+            pairs[(five_tuple, start)] = None
+    return pairs
+
+
+def precision_recall(flagged, truth):
+    """Score flagged flows against {(5-tuple, start): label}.
+
+    A flagged flow that pairs with no truth flow (see match_flags) counts as
+    a false positive. Returns a dict with counts, precision and recall (None
+    when undefined).
+    """
+    pairs = match_flags(flagged, truth)
     positives = {key for key, label in truth.items() if label == 1}
-    true_positives = len(flagged & positives)
-    precision = true_positives / len(flagged) if flagged else None
+    true_positives = sum(1 for key in pairs.values() if key in positives)
+    precision = true_positives / len(pairs) if pairs else None
     recall = true_positives / len(positives) if positives else None
-    return {"flagged": len(flagged), "ai_flows": len(positives),
-            "true_positives": true_positives, "false_positives": len(flagged) - true_positives,
+    return {"flagged": len(pairs), "ai_flows": len(positives),
+            "true_positives": true_positives, "false_positives": len(pairs) - true_positives,
             "precision": precision, "recall": recall}
 
 
@@ -99,13 +135,13 @@ def run_runtime(argv, syslog_path, stats_path, extra=(), timeout=None, runner=No
 
 
 def trace_truth(data_dir):
-    """Return {5-tuple: label} for the flows of a capture's conntrack trace."""
+    """Return {(5-tuple, start): label} for the flows of a capture's conntrack trace."""
     data_dir = Path(data_dir)
     flows = ctflows.flows_from_trace(capture_file(data_dir, "conntrack.trace"))
     labels = labeling.read_labels(data_dir / "labels.csv")
     flows, report = labeling.join_labels(flows, labels)
-    return {(row.proto, row.src_ip, row.src_port, row.dst_ip, row.dst_port): row.label
-            for row in flows.itertuples() if row.label >= 0}
+    return {((row.proto, row.src_ip, row.src_port, row.dst_ip, row.dst_port), row.first_seen):
+            row.label for row in flows.itertuples() if row.label >= 0}
 
 
 def replay_demo(data_dir=DEFAULT_DATA, out_dir=REPO / "build" / "demo", seed=1):
@@ -145,12 +181,12 @@ def replay_demo(data_dir=DEFAULT_DATA, out_dir=REPO / "build" / "demo", seed=1):
     flagged = flagged_flows(records)
     scores = precision_recall(flagged, truth)
     held_out = _held_out_tuples(out_dir / "train" / "deploy_test.csv")
-    held_scores = precision_recall({k: v for k, v in flagged.items() if k in held_out},
-                                   {k: v for k, v in truth.items() if k in held_out})
+    held_scores = precision_recall({k: v for k, v in flagged.items() if k[0] in held_out},
+                                   {k: v for k, v in truth.items() if k[0] in held_out})
     print()
     print("flows seen: %d, flows flagged: %d" % (stats["flows_seen"], stats["flows_flagged"]))
     print("held-out flows only (%d, not used in training): %s"
-          % (len(held_out & set(truth)), format_scores(held_scores)))
+          % (sum(1 for key in truth if key[0] in held_out), format_scores(held_scores)))
     print("against the labels of all %d trace flows (%d AI):" % (len(truth), scores["ai_flows"]))
     print(format_scores(scores))
     return {"stats": stats, "scores": scores, "held_out": held_scores, "report": report}
@@ -210,8 +246,8 @@ def testbed_demo(model_py=None, duration=60.0, concurrency=16, seed=7, time_scal
             records = receiver.messages("aiflowd")
         stats = json.loads((tmp / "stats.json").read_text())
         labels = labeling.read_labels(tmp / "labels.csv")
-    truth = {(int(r.proto), r.src_ip, int(r.src_port), r.dst_ip, int(r.dst_port)): int(r.label)
-             for r in labels.itertuples()}
+    truth = {((int(r.proto), r.src_ip, int(r.src_port), r.dst_ip, int(r.dst_port)),
+              float(r.start)): int(r.label) for r in labels.itertuples()}
     flagged = flagged_flows(records)
     scores = precision_recall(flagged, truth)
     print()

@@ -32,9 +32,11 @@ def replay(path):
     """Yield (timestamp, [(entry, flow)], gone keys) for every snapshot of a trace."""
     table = FlowTable(_UNBOUNDED)
     problems = []
-    for timestamp, lines in TraceReader(str(path)):
+    reader = TraceReader(str(path))
+    for timestamp, lines in reader:
         before = set(table.flows)
-        changed = table.update(conntrack.parse_lines(lines, str(path), problems), timestamp)
+        changed = table.update(conntrack.parse_lines(lines, str(path), problems, reader.linenos),
+                               timestamp)
         gone = before.difference(table.flows)
         yield timestamp, changed, gone
     if problems:

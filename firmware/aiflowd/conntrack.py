@@ -158,18 +158,20 @@ def parse_line(line, source="/proc/net/nf_conntrack", lineno=None, need_counters
     return entry
 
 
-def parse_lines(lines, source, problems):
+def parse_lines(lines, source, problems, linenos=None):
     """Yield an Entry for each conntrack line of ``lines``.
 
     Lines that cannot be used (no counters, garbled) are not yielded; their
     ConntrackError goes to the list ``problems`` instead, so one bad line
-    never stops a poll.
+    never stops a poll. ``linenos``, when given, holds each line's line
+    number in ``source`` (a trace); otherwise lines are counted from 1.
     """
-    lineno = 0
+    index = 0
     for line in lines:
-        lineno += 1
+        index += 1
         if not line.strip():
             continue
+        lineno = linenos[index - 1] if linenos else index
         try:
             yield parse_line(line, source, lineno)
         except ConntrackError as exc:

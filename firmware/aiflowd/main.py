@@ -10,7 +10,7 @@ import sys
 import time
 
 from aiflowd import conntrack, log, syslog
-from aiflowd.flowtable import FLAGGED, FlowTable, features
+from aiflowd.flowtable import FLAGGED, START, FlowTable, features
 from aiflowd.trace import TraceReader
 
 logger = log.get_logger("aiflowd")
@@ -138,13 +138,16 @@ def load_model(path):
 
 
 
-def format_flag(entry, x, score, model_id):
+def format_flag(entry, start, x, score, model_id):
     """Return the key=value syslog message for a flow with features ``x``."""
-    return ("event=flagged proto=%s src=%s sport=%s dst=%s dport=%s zone=%d score=%.4f "
-            "model=%s duration=%.3f c_to_s_pkts=%d s_to_c_pkts=%d c_to_s_bytes=%d "
-            "s_to_c_bytes=%d" % (
+    # start (whole epoch seconds) distinguishes two connections that reused
+    # one tuple, and lets a reader find the flow in a capture.
+    return ("event=flagged proto=%s src=%s sport=%s dst=%s dport=%s zone=%d start=%d "
+            "score=%.4f model=%s duration=%.3f c_to_s_pkts=%d s_to_c_pkts=%d "
+            "c_to_s_bytes=%d s_to_c_bytes=%d" % (
                 conntrack.proto_name(entry.proto), entry.src, _port(entry.sport), entry.dst,
-                _port(entry.dport), entry.zone, score, model_id, x[0], x[1], x[2], x[3], x[4]))
+                _port(entry.dport), entry.zone, int(start), score, model_id, x[0], x[1], x[2],
+                x[3], x[4]))
 
 
 def _port(port):
@@ -152,7 +155,7 @@ def _port(port):
 
 
 class Runtime:
-    def __init__(self, model, sender, threshold=None, min_packets=8, min_duration=2.0,
+    def __init__(self, model, sender, threshold=None, min_packets=8, min_duration=0.0,
                  max_flows=4096, echo=False):
         self.model = model
         self.sender = sender
@@ -165,12 +168,18 @@ class Runtime:
         self.scored = 0
         self.flagged = 0
         self._problem_count = 0
+        self.first_problem = None  # the first unusable entry of the run
 
-    def poll(self, now, lines, source):
-        """Process one reading of the conntrack table, its ``lines``, taken at ``now``."""
+    def poll(self, now, lines, source, linenos=None):
+        """Process one reading of the conntrack table, its ``lines``, taken at ``now``.
+
+        ``linenos`` gives each line's line number in ``source`` when that is
+        not its position in ``lines`` (a trace).
+        """
         self.polls += 1
         problems = []
-        changed = self.table.update(conntrack.parse_lines(lines, source, problems), now)
+        changed = self.table.update(conntrack.parse_lines(lines, source, problems, linenos),
+                                    now)
         self._report_problems(problems)
         for entry, flow in changed:
             if flow[FLAGGED] or entry.offload:
@@ -186,7 +195,8 @@ class Runtime:
                 continue
             flow[FLAGGED] = True
             self.flagged += 1
-            message = format_flag(entry, x, self.model.probability(x), self.model.MODEL_ID)
+            message = format_flag(entry, flow[START], x, self.model.probability(x),
+                                  self.model.MODEL_ID)
             self.sender.send(syslog.LOG_NOTICE, message)
             if self.echo:
                 print(message)
@@ -201,9 +211,12 @@ class Runtime:
     def _report_problems(self, problems):
         # Report a change in the number of unusable entries, not every poll.
         count = len(problems)
+        if count and self.first_problem is None:
+            self.first_problem = problems[0]
         if count != self._problem_count:
             if count:
-                logger.warning("skipping %d conntrack entries; first: %s", count, problems[0])
+                logger.warning("skipping unusable conntrack entries: %d; first: %s", count,
+                               problems[0])
             else:
                 logger.info("all conntrack entries usable again")
             self._problem_count = count
@@ -223,10 +236,15 @@ class Runtime:
 
 
 def run_trace(runtime, path, max_polls=0):
-    for timestamp, lines in TraceReader(path):
-        runtime.poll(timestamp, lines, path)
+    reader = TraceReader(path)
+    for timestamp, lines in reader:
+        runtime.poll(timestamp, lines, path, reader.linenos)
         if max_polls and runtime.polls >= max_polls:
             break
+    if runtime.table.seen_total == 0 and runtime.first_problem is not None:
+        # Nothing could be scored: fail, rather than report zero flows.
+        raise ValueError("no usable conntrack entry in %s; first: %s"
+                         % (path, runtime.first_problem))
 
 
 def run_live(runtime, path, interval, max_polls=0):

@@ -79,9 +79,12 @@ class TraceReader:
 
     def __init__(self, path):
         self.path = str(path)
+        # The trace file's line number of each line of the last snapshot
+        # yielded, in the same order, for error messages.
+        self.linenos = []
 
     def __iter__(self):
-        table = {}  # entry key -> conntrack line
+        table = {}  # entry key -> (trace line number, conntrack line)
         timestamp = None
         lines = _read_lines(self.path)
         first = next(lines, "").rstrip("\r\n")
@@ -96,7 +99,7 @@ class TraceReader:
                 continue
             if kind == "@":
                 if timestamp is not None:
-                    yield timestamp, list(table.values())
+                    yield timestamp, self._snapshot(table)
                 try:
                     timestamp = float(line[1:])
                 except ValueError:
@@ -108,14 +111,23 @@ class TraceReader:
             elif kind == "+":
                 text = line[2:].rstrip("\r\n")
                 entry = conntrack.parse_line(text, self.path, lineno, need_counters=False)
-                table[entry.key()] = text
+                table[entry.key()] = (lineno, text)
             elif kind == "-":
                 table.pop(line[2:].rstrip("\r\n"), None)
             else:
                 raise TraceError("%s line %d: unknown record %r; expected '@', '+', '-' "
                                  "or '#'" % (self.path, lineno, kind))
         if timestamp is not None:
-            yield timestamp, list(table.values())
+            yield timestamp, self._snapshot(table)
+
+    def _snapshot(self, table):
+        linenos = []
+        lines = []
+        for lineno, text in table.values():
+            linenos.append(lineno)
+            lines.append(text)
+        self.linenos = linenos
+        return lines
 
 
 def _read_lines(path):
