@@ -7,7 +7,10 @@ import pytest
 
 from tools.demo import DEFAULT_CORPUS
 from trainer import evaluate
-from trainer.report import build_report
+from trainer.flows import FlowFileError
+from trainer.ndpi import NdpiError
+from trainer.report import _endpoint, build_report
+from trainer.train import class_metrics
 from conftest import CAPTURE
 
 needs_corpus = pytest.mark.skipif(not DEFAULT_CORPUS.is_dir(),
@@ -109,5 +112,51 @@ def test_report_corpus_section(report):
     corpus = result["corpus"]
     assert corpus["files"] == 2
     assert corpus["flows"] == sum(CORPUS_FLOWS.values())
-    assert corpus["finished_flagged"] == len(corpus["flagged"])
+    assert corpus["router_flagged"] == len(corpus["flagged"])
     assert 0 <= corpus["router_flagged"] <= corpus["router_scored_flows"] <= corpus["router_flows"]
+    by_file = {f["file"]: f for f in corpus["by_file"]}
+    assert {name: f["flows"] for name, f in by_file.items()} == CORPUS_FLOWS
+    assert sum(f["router_flagged"] for f in by_file.values()) == corpus["router_flagged"]
+    assert sum(f["finished_flagged"] for f in by_file.values()) == corpus["finished_flagged"]
+    for flow in corpus["flagged"]:
+        # The router only scores a flow past its packet gate.
+        assert flow["c_to_s_pkts"] + flow["s_to_c_pkts"] >= 8
+        assert flow["score"] > 0.5
+
+
+def test_report_marks_small_test_splits(report):
+    out, _ = report
+    text = (out / "REPORT.md").read_text()
+    # The embedded capture's WebSocket families have 11 and 12 test flows per label.
+    assert "**Caution:** the test split holds fewer than 30 flows of" in text
+    caution = text.split("**Caution:**")[1].split("\n")[0]
+    assert "WS label 0" in caution
+    assert "MCP label" not in caution
+
+
+def test_precision_of_unpredicted_class_undefined():
+    metrics = class_metrics([0, 1, 1, 0], [0, 0, 0, 0])
+    assert metrics["classes"]["1"]["precision"] is None
+    assert metrics["classes"]["1"]["recall"] == 0.0
+    assert metrics["classes"]["1"]["f1"] == 0.0
+    assert metrics["classes"]["0"]["precision"] == 0.5
+    assert class_metrics([0, 0], [0, 1])["classes"]["1"]["recall"] is None
+
+
+def test_endpoints_bracket_ipv6():
+    assert _endpoint("2001:db8::1", 443) == "[2001:db8::1]:443"
+    assert _endpoint("198.18.0.2", 8443) == "198.18.0.2:8443"
+
+
+def test_report_checks_inputs_first(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with pytest.raises(FlowFileError, match="missing.csv"):
+        build_report([tmp_path / "missing.csv"], out)
+    assert not out.exists()
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(NdpiError, match="apt-get install libndpi-bin"):
+        build_report([CAPTURE / "flows.csv"], out, corpus_dir=corpus)
+    assert not out.exists()

@@ -185,6 +185,8 @@ def corpus_flows(corpus_dir, files=None):
             table["file"] = path.name
             flow_parts.append(table)
             pflows, pviews = pcapviews.pcap_flows_and_views(path)
+            # Each view carries its flow's tuple, so a flagged view names the flow.
+            pviews = pviews.join(pflows[list(TUPLE)], on="flow")
             pviews = pviews.assign(flow=pviews["flow"] + offset, file=path.name)
             offset += len(pflows)
             view_parts.append(pviews)
@@ -205,13 +207,18 @@ def corpus_false_positives(corpus, forest, threshold=0.5):
     Two measures: ndpiReader's finished flows scored once each, as the
     per-family evaluation does, and the router's view, where a flow is
     flagged if any of its per-second views that pass the runtime's gate
-    scores above the threshold.
+    scores above the threshold. The flagged flows returned are the router's,
+    each with the view that flagged it; ``summary["by_file"]`` counts both
+    measures for each capture.
     """
     flows, views = corpus
     finished = forest.predict_proba(flowschema.feature_matrix(flows))[:, 1] > threshold
     scored_views = gated(views)
     probabilities = forest.predict_proba(flowschema.feature_matrix(scored_views))[:, 1]
-    router_flagged = scored_views.loc[probabilities > threshold, "flow"].unique()
+    # The view at which the router would flag each flow: its first above the threshold.
+    flagging = (scored_views.assign(score=probabilities)[probabilities > threshold]
+                .sort_values(["flow", "age"]).drop_duplicates("flow"))
+    router_flagged = flagging["flow"].unique()
     n_router = int(views["flow"].nunique())
     summary = {
         "files": int(flows["file"].nunique()),
@@ -223,10 +230,14 @@ def corpus_false_positives(corpus, forest, threshold=0.5):
         "router_flagged": int(len(router_flagged)),
         "router_fpr": float(len(router_flagged) / n_router) if n_router else None,
     }
-    flagged = flows.loc[finished, ["file", "proto", "src_ip", "src_port", "dst_ip", "dst_port"]
-                        + list(flowschema.FEATURES)].copy()
-    flagged["score"] = forest.predict_proba(flowschema.feature_matrix(flows[finished]))[:, 1] \
-        if finished.any() else []
+    per_file = pd.DataFrame({
+        "flows": views.groupby("file")["flow"].nunique(),
+        "router_flagged": flagging.groupby("file")["flow"].nunique(),
+        "finished_flagged": flows[finished].groupby("file").size(),
+    }).fillna(0).astype(int)
+    summary["by_file"] = per_file.reset_index(names="file").to_dict("records")
+    flagged = flagging[["file"] + list(TUPLE) + ["age"] + list(flowschema.FEATURES)
+                       + ["score"]].reset_index(drop=True)
     return summary, flagged
 
 

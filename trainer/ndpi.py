@@ -102,16 +102,22 @@ def link_header_bytes(path):
     return LINK_HEADER_BYTES[link_type]
 
 
+def require_ndpireader(ndpireader="ndpiReader"):
+    """Return the path of the ndpiReader program, or raise NdpiError saying how to get it."""
+    exe = shutil.which(ndpireader)
+    if exe is None:
+        raise NdpiError("%s not found on PATH; install it (Debian: apt-get install "
+                        "libndpi-bin)" % ndpireader)
+    return exe
+
+
 def run_ndpireader(pcap, csv_out, ndpireader="ndpiReader"):
     """Run ``ndpiReader -C`` on a capture and return the CSV path.
 
     ``-v 2`` is passed because ndpiReader 4.2 otherwise leaves flows of
     unrecognised protocols out of the CSV.
     """
-    exe = shutil.which(ndpireader)
-    if exe is None:
-        raise NdpiError("%s not found on PATH; install it (Debian: apt-get install "
-                        "libndpi-bin)" % ndpireader)
+    exe = require_ndpireader(ndpireader)
     csv_out = Path(csv_out)
     csv_out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [exe, "-i", str(pcap), "-C", str(csv_out), "-v", "2", "-q"]

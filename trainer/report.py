@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import evaluate, figures
+from trainer import evaluate, figures, ndpi
 from trainer import flows as flowschema
 from trainer.train import (DEPLOY_REFERENCE, evaluate_family, load_flows, train_deployment)
 
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # F1 values the paper reports (WJARR 27(01) 1302-1308, 2025), by family,
 # model and class, for side-by-side reading; the summary we work from states
 # only these.
+# Below this many test flows of a class, the report warns that test scores
+# are coarse (one flow is more than 3 % of the class).
+SMALL_SUPPORT = 30
+
 PAPER_F1 = {
     ("ws", "rf", "1"): "0.97 (CV)",
     ("wss", "rf", "1"): "0.97",
@@ -48,10 +52,13 @@ def build_report(data_paths, out_dir, seed=1, corpus_dir=None, corpus_files=None
     section; None leaves that section out. Returns the report dict.
     """
     began = time.time()
+    # Check every input before the first minute of work and the first file written.
+    flows, data_id = load_flows(data_paths)
+    if corpus_dir is not None:
+        _check_corpus(corpus_dir)
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    flows, data_id = load_flows(data_paths)
     report = {"dataset": {"id": data_id, "sources": [str(p) for p in data_paths],
                           "flows": int(len(flows)), "seed": seed,
                           "counts": _counts(flows), "cards": _cards(data_paths)},
@@ -77,7 +84,7 @@ def build_report(data_paths, out_dir, seed=1, corpus_dir=None, corpus_files=None
 
     if ablation:
         log.info("report 3/7: feature ablation")
-        report["ablation"] = evaluate.ablation(flows, seed).to_dict("records")
+        report["ablation"] = _records(evaluate.ablation(flows, seed))
 
     log.info("report 4/7: deployment model")
     forest, deployment, test, views = train_deployment(flows, seed)
@@ -86,7 +93,7 @@ def build_report(data_paths, out_dir, seed=1, corpus_dir=None, corpus_files=None
     log.info("report 5/7: early detection")
     early = evaluate.early_detection(flows, views, forest, test,
                                      full_flow_models=full_flow_rf)
-    report["early_detection"] = early.to_dict("records")
+    report["early_detection"] = _records(early)
     report["figures"]["early_detection"] = _relative(
         figures.early_detection(early[early["family"] == "all"],
                                 figure_dir / "early-detection.png"), out_dir)
@@ -101,7 +108,7 @@ def build_report(data_paths, out_dir, seed=1, corpus_dir=None, corpus_files=None
         corpus = evaluate.corpus_flows(corpus_dir, corpus_files)
         summary, flagged = evaluate.corpus_false_positives(corpus, forest)
         report["corpus"] = {"dir": str(corpus_dir), **summary,
-                            "flagged": flagged.to_dict("records")}
+                            "flagged": _records(flagged)}
     train = np.setdiff1d(np.arange(len(flows)), test)
     report["calibration"] = evaluate.calibrate(flows, views, forest, train, test, seed,
                                                corpus=corpus)
@@ -112,6 +119,19 @@ def build_report(data_paths, out_dir, seed=1, corpus_dir=None, corpus_files=None
     (out_dir / "REPORT.md").write_text(render(report))
     log.info("wrote %s in %.0f s", out_dir / "REPORT.md", report["seconds"])
     return report
+
+
+def _check_corpus(corpus_dir):
+    corpus_dir = Path(corpus_dir)
+    if not corpus_dir.is_dir():
+        raise FileNotFoundError("real-world capture folder %s does not exist; pass a folder "
+                                "of .pcap files, or leave the corpus out" % corpus_dir)
+    ndpi.require_ndpireader()
+
+
+def _records(table):
+    """Return a DataFrame's rows as dicts, with undefined values (NaN) as None."""
+    return table.astype(object).where(table.notna(), None).to_dict("records")
 
 
 def _json_value(value):
@@ -200,6 +220,18 @@ def _table1_section(report):
                              PAPER_F1.get((family, name, label), "")))
     lines += _table(("family", "model", "class", "precision", "recall", "F1", "support",
                      "accuracy", "CV mean F1", "paper F1"), rows)
+    lines += ["", "`paper F1` holds the values the paper gives, on the row of the class they "
+              "are for: the AI class for RF, class 0 for LR on WS; it gives no others. "
+              "`n/a`: the model predicted no flow of that class."]
+    small = sorted({(family, label) for family, results in report["families"].items()
+                    for metrics in results["models"].values()
+                    for label, c in metrics["classes"].items()
+                    if c["support"] < SMALL_SUPPORT})
+    if small:
+        lines += ["", "**Caution:** the test split holds fewer than %d flows of %s; its "
+                  "scores move by whole steps of one flow, so read the CV column instead."
+                  % (SMALL_SUPPORT, ", ".join("%s label %s" % (f.upper(), label)
+                                              for f, label in small))]
     lines += ["", "Figure 1: feature pair plots per family (log10(1 + x), red = AI).", ""]
     for family in report["families"]:
         lines.append("![%s pair plot](%s)" % (family, report["figures"]["pairplot_" + family]))
@@ -312,24 +344,36 @@ def _corpus_section(report):
     lines = ["## Real-world false positives", "",
              "Every flow of the %d captures in `%s` (real traffic of many applications, none "
              "of it AI) scored by the deployment model." % (corpus["files"], corpus["dir"]), "",
-             "- ndpiReader's finished flows, scored once each: %d of %d flagged, false "
-             "positive rate %s." % (corpus["finished_flagged"], corpus["flows"],
-                                    _f(corpus["finished_fpr"], 4)),
              "- as the router sees them (per-second views past the %s-packet gate, flagged "
              "at the first AI view): %d of %d flows flagged (%d were ever scored), false "
              "positive rate %s." % (
                  report["deployment"]["gate"]["min_packets"], corpus["router_flagged"],
                  corpus["router_flows"], corpus["router_scored_flows"],
-                 _f(corpus["router_fpr"], 4)), ""]
+                 _f(corpus["router_fpr"], 4)),
+             "- ndpiReader's finished flows, scored once each with no packet gate, as the "
+             "per-family evaluation does: %d of %d flagged, false positive rate %s."
+             % (corpus["finished_flagged"], corpus["flows"], _f(corpus["finished_fpr"], 4)),
+             ""]
+    if corpus.get("by_file"):
+        lines += _table(("file", "flows", "flagged by the router", "flagged finished flows"),
+                        [(f["file"], f["flows"], f["router_flagged"], f["finished_flagged"])
+                         for f in corpus["by_file"]])
+        lines += [""]
     if corpus["flagged"]:
-        lines += ["Flagged finished flows:", ""]
-        lines += _table(("file", "flow", "duration", "packets c/s", "bytes c/s", "score"),
-                        [(f["file"], "%s:%s > %s:%s" % (f["src_ip"], f["src_port"], f["dst_ip"],
-                                                        f["dst_port"]),
-                          "%.2f" % f["duration"], "%d/%d" % (f["c_to_s_pkts"], f["s_to_c_pkts"]),
+        lines += ["Flows the router would flag, each with the view that flagged it. A flow's "
+                  "source is the sender of its first packet in the capture, which is the "
+                  "server when a capture starts mid-connection.", ""]
+        lines += _table(("file", "flow", "age (s)", "packets c/s", "bytes c/s", "score"),
+                        [(f["file"], "%s > %s" % (_endpoint(f["src_ip"], f["src_port"]),
+                                                  _endpoint(f["dst_ip"], f["dst_port"])),
+                          "%.0f" % f["age"], "%d/%d" % (f["c_to_s_pkts"], f["s_to_c_pkts"]),
                           "%d/%d" % (f["c_to_s_bytes"], f["s_to_c_bytes"]), "%.2f" % f["score"])
                          for f in corpus["flagged"]])
     return lines + [""]
+
+
+def _endpoint(address, port):
+    return ("[%s]:%s" if ":" in str(address) else "%s:%s") % (address, port)
 
 
 def _calibration_section(report):
@@ -346,4 +390,13 @@ def _calibration_section(report):
             "the test flows and the real-world captures. The runtime takes the threshold "
             "with `--threshold`.", ""] + _table(
         ("target FPR", "threshold", "train FPR (out of fold)", "test FPR", "test precision",
-         "test recall", "real-world FPR"), rows) + [""]
+         "test recall", "real-world FPR"), rows) + _no_flag_note(report["calibration"]) + [""]
+
+
+def _no_flag_note(calibration):
+    empty = ["%.4f" % r["threshold"] for r in calibration if r["test_precision"] is None]
+    if not empty:
+        return []
+    return ["", "At threshold %s no test flow is flagged (precision `n/a`): on the training "
+            "flows only a threshold that flags (almost) nothing meets that target, so it is no "
+            "usable setting; a larger dataset may place it." % ", ".join(empty)]

@@ -134,19 +134,30 @@ def split(flows, seed, stratify_by=("label",)):
 
 
 def class_metrics(y_true, y_pred):
-    """Return accuracy and per-class precision, recall, F1 and support."""
+    """Return accuracy and per-class precision, recall, F1 and support.
+
+    Precision is None for a class that was never predicted, and recall None
+    for a class with no flows: a rate of nothing is not 0. F1 is then 0.
+    """
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=[0, 1], zero_division=0)
+    confusion = confusion_matrix(y_true, y_pred, labels=[0, 1])
+    predicted = confusion.sum(axis=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         # Rows are true labels 0 and 1, columns predicted labels 0 and 1.
-        "confusion": confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist(),
+        "confusion": confusion.tolist(),
         "classes": {
-            str(label): {"precision": float(precision[i]), "recall": float(recall[i]),
+            str(label): {"precision": float(precision[i]) if predicted[i] else None,
+                         "recall": float(recall[i]) if support[i] else None,
                          "f1": float(f1[i]), "support": int(support[i])}
             for i, label in enumerate((0, 1))
         },
     }
+
+
+def _num(value, digits=3):
+    return "n/a" if value is None else "%.*f" % (digits, value)
 
 
 def evaluate_family(flows, family, seed):
@@ -349,8 +360,8 @@ def render_markdown(report):
         for name, metrics in results["models"].items():
             for label in ("0", "1"):
                 c = metrics["classes"][label]
-                lines.append("| %s | %s | %s | %.3f | %.3f | %.3f | %d | %.3f | %.3f ± %.3f |" % (
-                    family, name.upper(), label, c["precision"], c["recall"], c["f1"],
+                lines.append("| %s | %s | %s | %s | %s | %.3f | %d | %.3f | %.3f ± %.3f |" % (
+                    family, name.upper(), label, _num(c["precision"]), _num(c["recall"]), c["f1"],
                     c["support"], metrics["accuracy"], metrics["cv_f1_mean"],
                     metrics["cv_f1_std"]))
     deploy = report["deployment"]
@@ -363,9 +374,9 @@ def render_markdown(report):
                   chosen["cv_f1_mean"], deploy["reference"]["n_estimators"],
                   deploy["reference"]["max_depth"], deploy["candidates"][0]["cv_f1_mean"],
                   deploy["margin"]),
-              "Test split (%d flows): accuracy %.3f, AI precision %.3f, recall %.3f, F1 %.3f." % (
-                  deploy["test_rows"], deploy["test"]["accuracy"], test["precision"],
-                  test["recall"], test["f1"]),
+              "Test split (%d flows): accuracy %.3f, AI precision %s, recall %s, F1 %.3f." % (
+                  deploy["test_rows"], deploy["test"]["accuracy"], _num(test["precision"]),
+                  _num(test["recall"]), test["f1"]),
               "", "| trees | max_depth | nodes | CV F1 (AI) |", "|---:|---:|---:|---:|"]
     for row in deploy["candidates"]:
         lines.append("| %d | %d | %d | %.4f ± %.4f |" % (
