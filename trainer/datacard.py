@@ -31,7 +31,7 @@ def render_card(capture_dir):
         "label as it opened it.", "",
         "## How it was made", "",
         "    aiflowd capture --out %s --duration %g --concurrency %d --seed %d "
-        "--time-scale %g%s%s" % (
+        "--time-scale %g --card%s%s" % (
             capture_dir.name, config["duration"], config["concurrency"], config["seed"],
             config["time_scale"],
             " \\\n        --workers %d --server-processes %d" % (

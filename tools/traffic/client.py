@@ -326,7 +326,8 @@ class _Run:
         self.pace = Pace(config.time_scale)
         self.slots = asyncio.Semaphore(config.concurrency)
         self.loads: dict[str, LoadSample] = {}
-        self.durations: list[float] = []
+        # Wall-clock time by which each running session must have ended, by index.
+        self.deadlines: dict[int, float] = {}
         self.index = 0
         self.started_wall = time.time()
         self.starts_end_wall: float | None = None
@@ -344,8 +345,7 @@ class _Run:
         outcomes = {FINISHED: self.report.finished, FAILED: self.report.failed, CANCELLED: self.report.cancelled}
         outcomes[end.outcome][end.scenario] += 1
         self.report.events[end.scenario].update(end.events)
-        if end.outcome == FINISHED:
-            self.durations.append(end.seconds)
+        self.deadlines.pop(end.index, None)
         self.slots.release()
 
     @property
@@ -365,7 +365,7 @@ class _Run:
                 await executor.start()
             await self._start_sessions(deadline)
             self.starts_end_wall = time.time()
-            logger.info("%d sessions started; no new session starts, waiting for %d running sessions",
+            logger.info("sessions started: %d; no new session starts, waiting for the %d still running",
                         self.index, self.running)
             await asyncio.gather(*(executor.finish() for executor in self.executors))
             completed = True
@@ -392,7 +392,9 @@ class _Run:
                 logger.error("every worker process has exited; no more sessions can start")
                 return
             executor = min(alive, key=lambda candidate: candidate.running)
-            self.report.started[config.mix[self.index % len(config.mix)][0]] += 1
+            scenario = config.mix[self.index % len(config.mix)][0]
+            self.report.started[scenario] += 1
+            self.deadlines[self.index] = time.time() + session_bound(scenario, config.time_scale)
             executor.submit(self.index)
             self.index += 1
             await self.pace.sleep(START_GAP_SECONDS)
@@ -402,8 +404,8 @@ class _Run:
             await asyncio.sleep(self.config.progress_interval)
             report = self.report
             logger.info(
-                "progress at %.0f s: %d sessions running, %d started, %d finished, %d failed; "
-                "%d flows recorded: %s; %s",
+                "progress at %.0f s: sessions running %d, started %d, finished %d, failed %d; "
+                "flows recorded %d: %s; %s",
                 time.time() - self.started_wall, self.running, sum(report.started.values()),
                 sum(report.finished.values()), sum(report.failed.values()), self.writer.rows_written,
                 report.flows_by_family(), self._expected_end(),
@@ -412,27 +414,32 @@ class _Run:
             logger.info("load: %s", "; ".join(f"{name} {load.describe()}" for name, load in sorted(self.loads.items())))
 
     def _expected_end(self) -> str:
-        """Describe when the run should end: after the last starts, plus a typical and the longest session."""
+        """Describe when new sessions stop and by when every session will have ended.
+
+        The bound is each session's start plus the longest its scenario may
+        run. A typical length is not estimated, because the sessions that
+        finish first are the short ones.
+        """
         config = self.config
         now = time.time()
         if self.starts_end_wall is not None:
-            starts_end = self.starts_end_wall
-        elif config.duration is not None:
-            starts_end = self.started_wall + config.duration
+            starts = "no new sessions"
+            latest = max(self.deadlines.values(), default=now)
+        else:
+            if config.duration is not None:
+                starts_end = self.started_wall + config.duration
+            else:
+                starts_end = None
             if config.max_sessions is not None and self.index:
                 rate = self.index / max(now - self.started_wall, 1e-9)
-                starts_end = min(starts_end, now + (config.max_sessions - self.index) / rate)
-        elif self.index:
-            starts_end = now + (config.max_sessions - self.index) / (self.index / max(now - self.started_wall, 1e-9))
-        else:
-            return "end not known yet"
-        latest = starts_end + max(session_bound(scenario, config.time_scale) for scenario, _ in config.mix)
-        if not self.durations:
-            return f"new sessions until {_clock(starts_end)}, end at {_clock(latest)} at the latest"
-        durations = sorted(self.durations)
-        typical = durations[min(len(durations) - 1, int(0.95 * len(durations)))]
-        return (f"new sessions until {_clock(starts_end)}, end expected about {_clock(max(starts_end, now) + typical)} "
-                f"(95th percentile of finished sessions {typical:.0f} s), at the latest {_clock(latest)}")
+                by_count = now + (config.max_sessions - self.index) / rate
+                starts_end = by_count if starts_end is None else min(starts_end, by_count)
+            if starts_end is None:
+                return "end not known yet"
+            starts = f"new sessions until {_clock(starts_end)}"
+            longest = max(session_bound(scenario, config.time_scale) for scenario, _ in config.mix)
+            latest = max([starts_end + longest, *self.deadlines.values()])
+        return f"{starts}, all ended by {_clock(latest)} at the latest"
 
 
 def _clock(epoch: float) -> str:
