@@ -9,13 +9,14 @@ count rules, the client port allocator and the validation of plan headers.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 from collections import Counter
 
 import pytest
 
-from tools.traffic.connections import SourcePorts
+from tools.traffic.connections import SourcePorts, _connect_from_port
 from tools.traffic.distributions import Choice, IntRange, LogNormal, Uniform
 from tools.traffic.pacing import MAX_TIME_SCALE, check_time_scale
 from tools.traffic.protocol import PLAN_HEADER, TIME_SCALE_HEADER, VOICE_FRAME_SECONDS
@@ -438,6 +439,29 @@ def test_source_ports_reject_bad_range():
         SourcePorts(5000, 4000)
     with pytest.raises(ValueError, match="worker 2 is outside 0..1"):
         SourcePorts(4000, 5000, worker=2, workers=2)
+
+
+def test_client_port_connections_disable_nagle():
+    # Both connect paths must send small writes at once, as real clients do.
+    async def check():
+        server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                low = probe.getsockname()[1]
+            stream = await _connect_from_port(SourcePorts(low, min(low + 50, 65535)),
+                                              "127.0.0.1", port, 5.0)
+            try:
+                raw = stream.get_extra_info("socket")
+                return raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            finally:
+                await stream.aclose()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(check()) != 0
 
 
 def test_source_ports_from_system_range():
