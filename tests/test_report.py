@@ -39,7 +39,7 @@ def test_report_files(report):
         assert heading in text
     assert result["dataset"]["id"] in text
     saved = json.loads((out / "report.json").read_text())
-    assert saved["dataset"]["flows"] == 697
+    assert saved["dataset"]["flows"] == 741
     for name in result["figures"].values():
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -3,7 +3,7 @@
  * regenerate it from the model bundle.
  *
  * Generator: aiflowd codegen with m2cgen 0.10.0, scikit-learn 1.9.1, numpy 2.4.6
- * Model: 58d7076b39c2, RandomForestClassifier, 10 trees, max depth 10
+ * Model: 4498938aefb0, RandomForestClassifier, 5 trees, max depth 8
  * Features, in input order x[0]..x[4]:
  *   x[0] duration      seconds (float), first to last packet
  *   x[1] c_to_s_pkts   packets, client to server
@@ -17,7 +17,7 @@
  * added in tree order and divided by the number of trees.
  * Split thresholds are float32-exact bounds: `x <= bound` takes the
  * branch that scikit-learn's `float32(x) <= threshold` takes.
- * Training data: sha256:82a463859b6fec63886e244ea54fb210fa697003995604a2ee05936cd78f3e23, 557 rows, from data/capture-1/flows.csv
+ * Training data: sha256:11f05136423a7ba7e9d61205273072b84aae94761252b63613f55cf21e0ccf99, 592 rows, from /work/main/data/capture-1/flows.csv
  */
 
 #include "aiflowd_model.h"
@@ -42,2447 +42,959 @@ static void aiflowd_model_score(const double * input, double * output) {
     double var2[2];
     double var3[2];
     double var4[2];
-    double var5[2];
-    double var6[2];
-    double var7[2];
-    double var8[2];
-    double var9[2];
-    if (input[4] <= 2105.0001220703125) {
+    if (input[4] <= 2105.5001220703125) {
         if (input[2] <= 6.500000238418579) {
-            if (input[4] <= 789.0000305175781) {
-                if (input[3] <= 811.0000305175781) {
-                    if (input[0] <= 2.00000011920928955) {
-                        memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[4] <= 545.0000305175781) {
-                        memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    }
-                }
-            } else {
-                if (input[4] <= 1854.0000610351562) {
-                    if (input[2] <= 5.500000238418579) {
-                        if (input[1] <= 8.000000476837158) {
-                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[4] <= 1820.5000610351562) {
-                            if (input[3] <= 1484.5000610351562) {
-                                if (input[1] <= 7.500000238418579) {
-                                    memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[4] <= 1822.5000610351562) {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[4] <= 1823.5000610351562) {
-                                    if (input[3] <= 1602.0000610351562) {
-                                        if (input[3] <= 1570.5000610351562) {
-                                            memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        }
-                    }
-                } else {
-                    if (input[2] <= 5.500000238418579) {
-                        if (input[3] <= 1385.5000610351562) {
-                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[4] <= 1878.5000610351562) {
-                                memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    } else {
-                        memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                }
-            }
-        } else {
-            if (input[2] <= 7.500000238418579) {
-                if (input[4] <= 1875.5000610351562) {
-                    if (input[1] <= 9.500000476837158) {
-                        if (input[4] <= 711.0000305175781) {
-                            if (input[0] <= 23.500000953674316) {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[3] <= 2197.0001220703125) {
-                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    if (input[3] <= 1527.5000610351562) {
-                        memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[3] <= 1592.5000610351562) {
-                            if (input[3] <= 1590.5000610351562) {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[4] <= 1937.0000610351562) {
-                                    memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            if (input[4] <= 2033.0000610351562) {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                }
-            } else {
-                if (input[3] <= 1520.0000610351562) {
-                    if (input[4] <= 1165.0000610351562) {
-                        if (input[4] <= 1070.5000610351562) {
-                            memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[2] <= 13.000000476837158) {
-                                memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    } else {
-                        if (input[0] <= 28.000000953674316) {
-                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    if (input[1] <= 26.500000953674316) {
-                        memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[0] <= 25.500000953674316) {
-                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            }
-        }
-    } else {
-        if (input[2] <= 349.00001525878906) {
-            if (input[3] <= 2817.5001220703125) {
+            if (input[4] <= 629.0000305175781) {
                 if (input[0] <= 8.500000476837158) {
-                    if (input[0] <= 5.501500368118286) {
-                        if (input[3] <= 2451.5001220703125) {
-                            if (input[0] <= 2.500500082969665) {
-                                if (input[3] <= 1703.0000610351562) {
-                                    if (input[2] <= 8.500000476837158) {
-                                        memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[1] <= 10.500000476837158) {
-                                    if (input[4] <= 2197.0001220703125) {
-                                        memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
+                    if (input[3] <= 812.5000305175781) {
+                        if (input[3] <= 708.0000305175781) {
+                            memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                         } else {
-                            if (input[4] <= 3111.0001220703125) {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
+                            memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                         }
                     } else {
-                        if (input[3] <= 2036.5000610351562) {
-                            if (input[3] <= 1857.5000610351562) {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[4] <= 2222.0001220703125) {
-                                    memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
+                        if (input[2] <= 4.500000238418579) {
+                            memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                         } else {
-                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                         }
                     }
                 } else {
-                    if (input[2] <= 9.500000476837158) {
-                        memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[3] <= 1772.0000610351562) {
-                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[1] <= 35.50000190734863) {
-                                if (input[3] <= 2565.0001220703125) {
-                                    if (input[1] <= 17.500000953674316) {
-                                        memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[4] <= 2760.0001220703125) {
-                                            memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                } else {
-                                    if (input[1] <= 16.000000953674316) {
-                                        memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            } else {
-                                memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                }
-            } else {
-                if (input[1] <= 111.500003814697265) {
-                    if (input[0] <= 2.00000011920928955) {
-                        memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[4] <= 4113.000244140625) {
-                            if (input[2] <= 50.50000190734863) {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[3] <= 3670.0001220703125) {
-                                    memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            if (input[4] <= 38394.001953125) {
-                                if (input[0] <= 47.50000190734863) {
-                                    memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                } else {
-                    if (input[0] <= 5.500000238418579) {
-                        if (input[1] <= 128.50000762939453) {
-                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[4] <= 215761.0078125) {
-                            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var9, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            }
-        } else {
-            memcpy(var9, (double[]){0.0, 1.0}, 2 * sizeof(double));
-        }
-    }
-    double var10[2];
-    if (input[4] <= 2106.0001220703125) {
-        if (input[2] <= 6.500000238418579) {
-            if (input[4] <= 1854.0000610351562) {
-                if (input[3] <= 983.0000305175781) {
-                    if (input[3] <= 808.0000305175781) {
-                        if (input[0] <= 2.00000011920928955) {
-                            memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[0] <= 13.500000476837158) {
-                            memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    if (input[4] <= 1820.5000610351562) {
-                        if (input[2] <= 5.500000238418579) {
-                            if (input[4] <= 1671.0000610351562) {
-                                memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[1] <= 7.500000238418579) {
-                                memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        }
-                    } else {
-                        if (input[1] <= 10.500000476837158) {
-                            memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[4] <= 1835.0000610351562) {
-                                memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
+                    memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                 }
             } else {
                 if (input[2] <= 5.500000238418579) {
-                    if (input[3] <= 1385.5000610351562) {
-                        memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[4] <= 1878.0000610351562) {
-                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
+                    memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                 } else {
-                    memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                }
-            }
-        } else {
-            if (input[3] <= 1521.5000610351562) {
-                if (input[4] <= 1287.0000610351562) {
-                    if (input[3] <= 985.0000305175781) {
-                        if (input[2] <= 8.000000476837158) {
-                            memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[0] <= 13.999500751495361) {
-                            if (input[0] <= 13.499500751495361) {
-                                if (input[4] <= 1044.5000610351562) {
-                                    if (input[4] <= 859.0000305175781) {
-                                        memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[4] <= 881.5000305175781) {
-                                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                } else {
-                                    memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
+                    if (input[4] <= 1796.0000610351562) {
+                        if (input[0] <= 16.000000953674316) {
+                            if (input[4] <= 1771.0000610351562) {
+                                memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                             } else {
-                                memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                             }
                         } else {
-                            if (input[0] <= 31.500000953674316) {
-                                memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        }
+                    } else {
+                        if (input[1] <= 8.500000476837158) {
+                            memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[3] <= 1568.5000610351562) {
+                                memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                             } else {
-                                if (input[3] <= 1229.5000610351562) {
-                                    memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
+                                memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                             }
-                        }
-                    }
-                } else {
-                    if (input[3] <= 1489.5000610351562) {
-                        memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[0] <= 5.500000238418579) {
-                            memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            } else {
-                if (input[3] <= 1591.5000610351562) {
-                    if (input[3] <= 1590.5000610351562) {
-                        memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[4] <= 1937.0000610351562) {
-                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    if (input[2] <= 19.500000953674316) {
-                        memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[0] <= 17.000000953674316) {
-                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            }
-        }
-    } else {
-        if (input[3] <= 10003.00048828125) {
-            if (input[2] <= 20.500000953674316) {
-                if (input[0] <= 7.500000238418579) {
-                    if (input[1] <= 13.500000476837158) {
-                        if (input[3] <= 2697.5001220703125) {
-                            if (input[4] <= 2319.0001220703125) {
-                                if (input[4] <= 2175.0001220703125) {
-                                    if (input[0] <= 6.500000238418579) {
-                                        memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[3] <= 1772.5000610351562) {
-                        memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[4] <= 3443.0001220703125) {
-                            if (input[0] <= 11.500000476837158) {
-                                if (input[0] <= 10.999500751495361) {
-                                    memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[4] <= 2234.5001220703125) {
-                                    if (input[4] <= 2209.0001220703125) {
-                                        memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            } else {
-                if (input[1] <= 112.500003814697265) {
-                    if (input[3] <= 2833.0001220703125) {
-                        if (input[4] <= 3124.0001220703125) {
-                            if (input[3] <= 2391.5001220703125) {
-                                memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[2] <= 38.50000190734863) {
-                                    memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[0] <= 5.5004999637603759) {
-                            if (input[2] <= 33.50000190734863) {
-                                memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[4] <= 26981.5009765625) {
-                                    memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            if (input[1] <= 61.50000190734863) {
-                                if (input[3] <= 4404.500244140625) {
-                                    if (input[1] <= 51.50000190734863) {
-                                        if (input[0] <= 10.000000476837158) {
-                                            memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var10, (double[]){0.9808612440191388, 0.019138755980861243}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[2] <= 132.00000762939453) {
-                                    memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        }
-                    }
-                } else {
-                    memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                }
-            }
-        } else {
-            if (input[1] <= 152.00000762939453) {
-                memcpy(var10, (double[]){1.0, 0.0}, 2 * sizeof(double));
-            } else {
-                memcpy(var10, (double[]){0.0, 1.0}, 2 * sizeof(double));
-            }
-        }
-    }
-    aiflowd_model_add_vectors(var9, var10, 2, var8);
-    double var11[2];
-    if (input[1] <= 111.500003814697265) {
-        if (input[2] <= 6.500000238418579) {
-            if (input[4] <= 652.5000305175781) {
-                if (input[0] <= 8.000000476837158) {
-                    if (input[4] <= 545.0000305175781) {
-                        if (input[4] <= 493.00001525878906) {
-                            memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                }
-            } else {
-                if (input[1] <= 8.500000476837158) {
-                    if (input[4] <= 1796.5000610351562) {
-                        if (input[2] <= 5.500000238418579) {
-                            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[4] <= 1227.5000610351562) {
-                                memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    } else {
-                        if (input[3] <= 1385.5000610351562) {
-                            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[2] <= 5.500000238418579) {
-                                if (input[3] <= 1409.5000610351562) {
-                                    memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[4] <= 1878.5000610351562) {
-                                        memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            } else {
-                                memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                } else {
-                    if (input[1] <= 9.500000476837158) {
-                        if (input[3] <= 1462.0000610351562) {
-                            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[0] <= 2.50000011920928955) {
-                            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
                         }
                     }
                 }
             }
         } else {
-            if (input[4] <= 2106.0001220703125) {
-                if (input[2] <= 7.500000238418579) {
-                    if (input[0] <= 18.000000953674316) {
-                        if (input[3] <= 1489.5000610351562) {
-                            if (input[4] <= 1303.5000610351562) {
-                                memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
+            if (input[3] <= 1488.5000610351562) {
+                if (input[3] <= 1458.5000610351562) {
+                    if (input[0] <= 15.500000476837158) {
+                        if (input[4] <= 1004.0000305175781) {
+                            memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                         } else {
-                            if (input[4] <= 2032.0000610351562) {
-                                if (input[3] <= 1591.5000610351562) {
-                                    if (input[1] <= 10.500000476837158) {
-                                        memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
+                            memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                         }
                     } else {
-                        memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                     }
                 } else {
-                    if (input[1] <= 27.500000953674316) {
-                        if (input[3] <= 1520.0000610351562) {
-                            if (input[0] <= 10.500000476837158) {
-                                if (input[3] <= 1427.0000610351562) {
-                                    if (input[4] <= 859.0000305175781) {
-                                        memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[4] <= 885.0000305175781) {
-                                            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                } else {
-                                    memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[3] <= 1087.0000610351562) {
-                                    memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[0] <= 13.499500751495361) {
-                                        if (input[2] <= 11.500000476837158) {
-                                            memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var11, (double[]){0.8, 0.2}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            }
-                        } else {
-                            memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[2] <= 27.500000953674316) {
-                            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            } else {
-                if (input[3] <= 2748.5001220703125) {
-                    if (input[2] <= 12.500000476837158) {
-                        if (input[2] <= 9.500000476837158) {
-                            if (input[4] <= 2188.5001220703125) {
-                                if (input[2] <= 8.000000476837158) {
-                                    memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[3] <= 1617.5000610351562) {
-                                        memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            } else {
-                                memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[4] <= 2390.5001220703125) {
-                                if (input[0] <= 9.500000476837158) {
-                                    if (input[0] <= 5.000000238418579) {
-                                        memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[4] <= 2307.5001220703125) {
-                                            memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var11, (double[]){0.3333333333333333, 0.6666666666666666}, 2 * sizeof(double));
-                                        }
-                                    }
-                                } else {
-                                    memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        }
-                    } else {
-                        if (input[4] <= 2920.0001220703125) {
-                            if (input[1] <= 28.500000953674316) {
-                                if (input[3] <= 2005.0000610351562) {
-                                    memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[3] <= 2633.0001220703125) {
-                                    memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    if (input[4] <= 38356.001953125) {
-                        if (input[2] <= 55.50000190734863) {
-                            if (input[4] <= 4658.500244140625) {
-                                if (input[2] <= 12.500000476837158) {
-                                    if (input[1] <= 14.000000476837158) {
-                                        memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    if (input[1] <= 46.50000190734863) {
-                                        if (input[4] <= 4388.000244140625) {
-                                            memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        if (input[2] <= 47.00000190734863) {
-                                            memcpy(var11, (double[]){0.3333333333333333, 0.6666666666666666}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var11, (double[]){0.875, 0.125}, 2 * sizeof(double));
-                                        }
-                                    }
-                                }
-                            } else {
-                                if (input[0] <= 73.000003814697265) {
-                                    memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    }
-                }
-            }
-        }
-    } else {
-        if (input[4] <= 287049.015625) {
-            memcpy(var11, (double[]){0.0, 1.0}, 2 * sizeof(double));
-        } else {
-            memcpy(var11, (double[]){1.0, 0.0}, 2 * sizeof(double));
-        }
-    }
-    aiflowd_model_add_vectors(var8, var11, 2, var7);
-    double var12[2];
-    if (input[4] <= 2106.0001220703125) {
-        if (input[1] <= 8.500000476837158) {
-            if (input[3] <= 1094.5000610351562) {
-                if (input[4] <= 545.0000305175781) {
-                    if (input[0] <= 1.50000005960464477) {
-                        memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[2] <= 6.500000238418579) {
-                        if (input[3] <= 975.5000305175781) {
-                            memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    }
-                }
-            } else {
-                if (input[4] <= 1992.5000610351562) {
-                    if (input[3] <= 1906.0000610351562) {
-                        if (input[3] <= 1410.5000610351562) {
-                            if (input[4] <= 1796.0000610351562) {
-                                if (input[4] <= 1364.5000610351562) {
-                                    memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[3] <= 1528.5000610351562) {
-                                if (input[3] <= 1516.0000610351562) {
-                                    if (input[0] <= 8.000000476837158) {
-                                        memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[4] <= 1672.0000610351562) {
-                                    memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[4] <= 1819.5000610351562) {
-                                        memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            }
-                        }
-                    } else {
-                        if (input[1] <= 7.500000238418579) {
-                            if (input[4] <= 1672.0000610351562) {
-                                memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                }
-            }
-        } else {
-            if (input[3] <= 1520.0000610351562) {
-                if (input[2] <= 7.500000238418579) {
-                    if (input[4] <= 1875.5000610351562) {
-                        if (input[4] <= 1872.5000610351562) {
-                            if (input[3] <= 1477.0000610351562) {
-                                memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[0] <= 10.500000476837158) {
-                        if (input[4] <= 1556.5000610351562) {
-                            if (input[3] <= 1033.0000610351562) {
-                                memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[0] <= 13.499500751495361) {
-                            if (input[0] <= 12.500000476837158) {
-                                memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[3] <= 1325.0000610351562) {
-                                    if (input[1] <= 11.500000476837158) {
-                                        memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            } else {
-                if (input[3] <= 1591.5000610351562) {
-                    if (input[3] <= 1590.0000610351562) {
-                        memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[3] <= 1974.5000610351562) {
-                        if (input[2] <= 22.500000953674316) {
-                            memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[3] <= 1975.5000610351562) {
-                            if (input[2] <= 24.500000953674316) {
-                                memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[3] <= 2076.0001220703125) {
-                                if (input[4] <= 2006.5000610351562) {
-                                    memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    } else {
-        if (input[4] <= 121743.00390625) {
-            if (input[3] <= 5177.500244140625) {
-                if (input[3] <= 2836.0001220703125) {
-                    if (input[2] <= 9.500000476837158) {
-                        memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    if (input[0] <= 19.000000953674316) {
+                        memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                     } else {
                         if (input[1] <= 11.500000476837158) {
-                            memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                         } else {
-                            if (input[0] <= 9.500000476837158) {
-                                if (input[1] <= 13.500000476837158) {
-                                    if (input[2] <= 11.500000476837158) {
-                                        if (input[4] <= 2535.5001220703125) {
-                                            memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[1] <= 35.00000190734863) {
-                                    if (input[4] <= 3325.0001220703125) {
-                                        if (input[3] <= 1803.0000610351562) {
-                                            memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
-                        }
-                    }
-                } else {
-                    if (input[4] <= 3940.5001220703125) {
-                        if (input[2] <= 44.50000190734863) {
-                            memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[4] <= 3162.0001220703125) {
-                                memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[2] <= 51.50000190734863) {
-                                    memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        }
-                    } else {
-                        if (input[4] <= 33130.001953125) {
-                            if (input[2] <= 36.50000190734863) {
-                                memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[2] <= 53.50000190734863) {
-                                    if (input[3] <= 4043.5001220703125) {
-                                        memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                         }
                     }
                 }
             } else {
-                memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-            }
-        } else {
-            if (input[1] <= 768.5000305175781) {
-                memcpy(var12, (double[]){1.0, 0.0}, 2 * sizeof(double));
-            } else {
-                memcpy(var12, (double[]){0.0, 1.0}, 2 * sizeof(double));
-            }
-        }
-    }
-    aiflowd_model_add_vectors(var7, var12, 2, var6);
-    double var13[2];
-    if (input[3] <= 11313.00048828125) {
-        if (input[0] <= 4.499500036239623) {
-            if (input[2] <= 33.50000190734863) {
-                if (input[2] <= 8.500000476837158) {
-                    if (input[4] <= 2056.5001220703125) {
-                        if (input[1] <= 8.500000476837158) {
-                            if (input[4] <= 872.0000305175781) {
-                                if (input[2] <= 4.500000238418579) {
-                                    if (input[0] <= 1.00000005960464477) {
-                                        memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[4] <= 1956.5000610351562) {
-                                    if (input[4] <= 1796.5000610351562) {
-                                        if (input[4] <= 1672.0000610351562) {
-                                            memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        if (input[4] <= 1894.5000610351562) {
-                                            memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var13, (double[]){0.0375, 0.9625}, 2 * sizeof(double));
-                                        }
-                                    }
-                                } else {
-                                    memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            if (input[3] <= 1489.5000610351562) {
-                                memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[4] <= 1823.5000610351562) {
-                                    if (input[3] <= 1602.0000610351562) {
-                                        if (input[1] <= 10.000000476837158) {
-                                            memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    if (input[1] <= 10.500000476837158) {
-                                        memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[3] <= 1611.0000610351562) {
-                                            memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                }
-                            }
-                        }
+                if (input[4] <= 1983.0000610351562) {
+                    if (input[1] <= 17.500000953674316) {
+                        memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                     } else {
-                        memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[3] <= 1755.5000610351562) {
-                        memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[3] <= 2878.5001220703125) {
-                            if (input[4] <= 2413.5001220703125) {
-                                memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
+                        if (input[3] <= 1643.0000610351562) {
+                            memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                         } else {
-                            if (input[1] <= 14.000000476837158) {
-                                memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                }
-            } else {
-                memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-            }
-        } else {
-            if (input[2] <= 45.50000190734863) {
-                if (input[1] <= 9.500000476837158) {
-                    if (input[4] <= 800.5000305175781) {
-                        if (input[3] <= 882.5000305175781) {
-                            memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[2] <= 5.000000238418579) {
-                                memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    } else {
-                        if (input[0] <= 8.500000476837158) {
-                            if (input[4] <= 1999.0000610351562) {
-                                memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[2] <= 8.500000476837158) {
-                                memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                } else {
-                    if (input[4] <= 4091.5001220703125) {
-                        if (input[3] <= 1627.0000610351562) {
-                            if (input[3] <= 1622.0000610351562) {
-                                if (input[4] <= 1998.5000610351562) {
-                                    if (input[1] <= 17.000000953674316) {
-                                        if (input[0] <= 11.500000476837158) {
-                                            memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var13, (double[]){0.963302752293578, 0.03669724770642202}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[2] <= 8.500000476837158) {
-                                if (input[1] <= 10.500000476837158) {
-                                    if (input[4] <= 2053.0001220703125) {
-                                        memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[3] <= 2849.5001220703125) {
-                                    if (input[0] <= 7.5004999637603759) {
-                                        if (input[1] <= 12.000000476837158) {
-                                            memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        if (input[1] <= 35.00000190734863) {
-                                            memcpy(var13, (double[]){0.9807162534435262, 0.01928374655647383}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                } else {
-                                    memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        }
-                    } else {
-                        if (input[2] <= 40.50000190734863) {
-                            memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[1] <= 43.50000190734863) {
-                                memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[4] <= 4730.500244140625) {
-                                    memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
-                        }
-                    }
-                }
-            } else {
-                if (input[4] <= 54000.001953125) {
-                    if (input[0] <= 70.000003814697265) {
-                        memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                }
-            }
-        }
-    } else {
-        if (input[4] <= 293558.015625) {
-            memcpy(var13, (double[]){0.0, 1.0}, 2 * sizeof(double));
-        } else {
-            memcpy(var13, (double[]){1.0, 0.0}, 2 * sizeof(double));
-        }
-    }
-    aiflowd_model_add_vectors(var6, var13, 2, var5);
-    double var14[2];
-    if (input[3] <= 10003.50048828125) {
-        if (input[3] <= 1618.5000610351562) {
-            if (input[4] <= 1335.0000610351562) {
-                if (input[1] <= 5.500000238418579) {
-                    if (input[4] <= 493.00001525878906) {
-                        memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[3] <= 769.5000305175781) {
-                        memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[3] <= 1312.0000610351562) {
-                            if (input[2] <= 4.000000238418579) {
-                                memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[0] <= 21.000000953674316) {
-                                    if (input[3] <= 1307.0000610351562) {
-                                        if (input[4] <= 678.5000305175781) {
-                                            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var14, (double[]){0.972972972972973, 0.02702702702702703}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    if (input[0] <= 23.500000953674316) {
-                                        memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            }
-                        } else {
-                            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            } else {
-                if (input[3] <= 1489.5000610351562) {
-                    if (input[1] <= 7.500000238418579) {
-                        if (input[0] <= 0.500000029802322387) {
-                            if (input[3] <= 1349.5000610351562) {
-                                memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[3] <= 1409.5000610351562) {
-                                    memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[3] <= 1410.5000610351562) {
-                                        if (input[4] <= 1904.0000610351562) {
-                                            memcpy(var14, (double[]){0.3333333333333333, 0.6666666666666666}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            }
-                        } else {
-                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[1] <= 10.500000476837158) {
-                        if (input[4] <= 2693.0001220703125) {
-                            if (input[2] <= 5.000000238418579) {
-                                memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[0] <= 6.501500368118286) {
-                                    memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[0] <= 3.50000011920928955) {
-                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[3] <= 1583.5000610351562) {
-                                memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                }
-            }
-        } else {
-            if (input[0] <= 4.499500036239623) {
-                if (input[4] <= 2056.5001220703125) {
-                    if (input[4] <= 1671.0000610351562) {
-                        memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[2] <= 6.500000238418579) {
-                            if (input[1] <= 8.500000476837158) {
-                                if (input[3] <= 1894.0000610351562) {
-                                    if (input[4] <= 1818.0000610351562) {
-                                        memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    if (input[3] <= 1943.0000610351562) {
-                                        if (input[4] <= 1844.5000610351562) {
-                                            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            } else {
-                                memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    if (input[1] <= 28.000000953674316) {
-                        if (input[0] <= 3.500500082969665) {
-                            if (input[2] <= 32.50000190734863) {
-                                if (input[3] <= 1703.0000610351562) {
-                                    memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[3] <= 1812.5000610351562) {
-                                        if (input[0] <= 2.00000011920928955) {
-                                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            } else {
-                                memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[3] <= 2418.0001220703125) {
-                                memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[1] <= 15.000000476837158) {
-                                    memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
-                        }
-                    } else {
-                        if (input[4] <= 55074.501953125) {
-                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            } else {
-                if (input[4] <= 3327.0001220703125) {
-                    if (input[3] <= 1626.5000610351562) {
-                        if (input[3] <= 1622.0000610351562) {
-                            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[1] <= 37.50000190734863) {
-                            if (input[4] <= 2044.5000610351562) {
-                                if (input[3] <= 1851.5000610351562) {
-                                    if (input[3] <= 1850.0000610351562) {
-                                        if (input[1] <= 21.000000953674316) {
-                                            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[2] <= 7.500000238418579) {
-                                    memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[0] <= 12.500000476837158) {
-                                        if (input[4] <= 3058.5001220703125) {
-                                            memcpy(var14, (double[]){0.8767123287671232, 0.1232876712328767}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            }
-                        } else {
-                            if (input[0] <= 47.00000190734863) {
-                                memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                } else {
-                    if (input[2] <= 28.500000953674316) {
-                        if (input[0] <= 34.00000190734863) {
-                            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[4] <= 38394.001953125) {
-                            if (input[2] <= 55.50000190734863) {
-                                if (input[4] <= 5127.000244140625) {
-                                    if (input[0] <= 27.000000953674316) {
-                                        memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[1] <= 55.00000190734863) {
-                                    memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            }
-        }
-    } else {
-        if (input[4] <= 284327.015625) {
-            memcpy(var14, (double[]){0.0, 1.0}, 2 * sizeof(double));
-        } else {
-            memcpy(var14, (double[]){1.0, 0.0}, 2 * sizeof(double));
-        }
-    }
-    aiflowd_model_add_vectors(var5, var14, 2, var4);
-    double var15[2];
-    if (input[4] <= 2106.0001220703125) {
-        if (input[2] <= 6.500000238418579) {
-            if (input[2] <= 5.500000238418579) {
-                if (input[4] <= 763.0000305175781) {
-                    if (input[2] <= 4.500000238418579) {
-                        if (input[4] <= 493.00001525878906) {
-                            memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[3] <= 1904.5000610351562) {
-                        if (input[3] <= 1656.5000610351562) {
-                            if (input[3] <= 1605.0000610351562) {
-                                if (input[1] <= 7.500000238418579) {
-                                    if (input[4] <= 1878.0000610351562) {
-                                        memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[4] <= 1894.5000610351562) {
-                                            memcpy(var15, (double[]){0.25, 0.75}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var15, (double[]){0.07692307692307693, 0.9230769230769231}, 2 * sizeof(double));
-                                        }
-                                    }
-                                } else {
-                                    memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[4] <= 1671.0000610351562) {
-                            memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            } else {
-                if (input[4] <= 1855.5000610351562) {
-                    if (input[1] <= 7.500000238418579) {
-                        memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[3] <= 1602.0000610351562) {
-                            if (input[3] <= 1477.0000610351562) {
-                                memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[3] <= 1585.0000610351562) {
-                                    memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                }
-            }
-        } else {
-            if (input[2] <= 7.500000238418579) {
-                if (input[3] <= 1489.5000610351562) {
-                    if (input[1] <= 8.500000476837158) {
-                        memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[0] <= 17.500000953674316) {
-                        if (input[1] <= 10.500000476837158) {
-                            if (input[4] <= 2032.5000610351562) {
-                                memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[3] <= 1615.5000610351562) {
-                                memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    } else {
-                        memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                }
-            } else {
-                if (input[2] <= 25.500000953674316) {
-                    if (input[3] <= 1520.0000610351562) {
-                        if (input[2] <= 8.500000476837158) {
-                            if (input[1] <= 10.000000476837158) {
-                                memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[3] <= 1258.5000610351562) {
-                                if (input[2] <= 13.500000476837158) {
-                                    memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    } else {
-                        if (input[2] <= 19.500000953674316) {
-                            memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[3] <= 1801.5000610351562) {
-                                if (input[4] <= 1492.0000610351562) {
-                                    memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                } else {
-                    if (input[0] <= 20.000000953674316) {
-                        memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    }
-                }
-            }
-        }
-    } else {
-        if (input[4] <= 121614.00390625) {
-            if (input[2] <= 82.000003814697265) {
-                if (input[0] <= 9.500000476837158) {
-                    if (input[2] <= 40.50000190734863) {
-                        if (input[0] <= 7.5004999637603759) {
-                            if (input[4] <= 2312.0001220703125) {
-                                if (input[2] <= 8.500000476837158) {
-                                    memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[4] <= 2141.0001220703125) {
-                                        memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[1] <= 21.500000953674316) {
-                                            memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                }
-                            } else {
-                                memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[3] <= 3254.0001220703125) {
-                                if (input[3] <= 2299.5001220703125) {
-                                    memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    } else {
-                        if (input[2] <= 66.500003814697265) {
-                            if (input[4] <= 28442.5009765625) {
-                                memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[0] <= 5.500000238418579) {
-                                memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
+                            memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                         }
                     }
                 } else {
                     if (input[1] <= 10.500000476837158) {
-                        memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                     } else {
-                        if (input[4] <= 4243.000244140625) {
-                            if (input[4] <= 2362.0001220703125) {
-                                if (input[0] <= 24.500000953674316) {
-                                    memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[2] <= 20.500000953674316) {
-                                        memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            } else {
-                                if (input[1] <= 54.00000190734863) {
-                                    if (input[2] <= 11.500000476837158) {
-                                        memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[0] <= 17.499501228332519) {
-                                            memcpy(var15, (double[]){0.7727272727272727, 0.22727272727272727}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                } else {
-                                    memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
+                        if (input[2] <= 28.000000953674316) {
+                            memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                         } else {
-                            if (input[0] <= 29.000000953674316) {
-                                if (input[1] <= 47.00000190734863) {
-                                    if (input[4] <= 27136.5009765625) {
-                                        memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[0] <= 47.50000190734863) {
-                                    if (input[3] <= 3590.5001220703125) {
-                                        memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
+                            memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                         }
                     }
                 }
-            } else {
-                memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
-            }
-        } else {
-            if (input[3] <= 43987.001953125) {
-                memcpy(var15, (double[]){1.0, 0.0}, 2 * sizeof(double));
-            } else {
-                memcpy(var15, (double[]){0.0, 1.0}, 2 * sizeof(double));
             }
         }
-    }
-    aiflowd_model_add_vectors(var4, var15, 2, var3);
-    double var16[2];
-    if (input[1] <= 111.500003814697265) {
-        if (input[0] <= 4.499500036239623) {
-            if (input[2] <= 33.50000190734863) {
-                if (input[2] <= 8.500000476837158) {
-                    if (input[3] <= 1618.5000610351562) {
+    } else {
+        if (input[4] <= 121859.00390625) {
+            if (input[0] <= 7.500000238418579) {
+                if (input[0] <= 4.500000238418579) {
+                    if (input[4] <= 49785.501953125) {
                         if (input[1] <= 9.500000476837158) {
-                            if (input[1] <= 6.500000238418579) {
-                                if (input[4] <= 763.0000305175781) {
-                                    if (input[4] <= 545.0000305175781) {
-                                        if (input[3] <= 694.0000305175781) {
-                                            memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
+                            if (input[3] <= 1703.5000610351562) {
+                                if (input[3] <= 1697.0000610351562) {
+                                    memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                                 } else {
-                                    memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                    memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                                 }
                             } else {
-                                if (input[3] <= 1489.5000610351562) {
-                                    if (input[3] <= 1133.0000610351562) {
-                                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[1] <= 7.500000238418579) {
-                                            memcpy(var16, (double[]){0.16666666666666666, 0.8333333333333334}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    }
+                                if (input[2] <= 8.000000476837158) {
+                                    memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                                 } else {
-                                    if (input[1] <= 7.500000238418579) {
-                                        if (input[2] <= 5.000000238418579) {
-                                            memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
+                                    memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                                 }
                             }
                         } else {
-                            memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            if (input[4] <= 2294.5001220703125) {
+                                if (input[2] <= 8.500000476837158) {
+                                    memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
                         }
                     } else {
-                        if (input[2] <= 5.500000238418579) {
-                            if (input[3] <= 1904.5000610351562) {
-                                memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[1] <= 8.500000476837158) {
-                                    memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        } else {
-                            if (input[4] <= 2056.5001220703125) {
-                                if (input[2] <= 6.500000238418579) {
-                                    if (input[4] <= 1844.0000610351562) {
-                                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        }
+                        memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                     }
                 } else {
-                    if (input[4] <= 2417.5001220703125) {
-                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                }
-            } else {
-                if (input[4] <= 28531.0009765625) {
-                    memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                } else {
-                    memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                }
-            }
-        } else {
-            if (input[1] <= 60.50000190734863) {
-                if (input[2] <= 6.500000238418579) {
-                    if (input[0] <= 11.500000476837158) {
-                        if (input[4] <= 1896.5000610351562) {
-                            if (input[2] <= 5.000000238418579) {
-                                memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    if (input[2] <= 59.50000190734863) {
+                        if (input[1] <= 11.500000476837158) {
+                            if (input[4] <= 2353.5001220703125) {
+                                memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                             } else {
-                                memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                             }
                         } else {
-                            memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[1] <= 11.500000476837158) {
-                        if (input[4] <= 1999.0000610351562) {
-                            if (input[3] <= 1289.0000610351562) {
-                                if (input[1] <= 9.500000476837158) {
-                                    memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            if (input[2] <= 13.500000476837158) {
+                                if (input[4] <= 2592.5001220703125) {
+                                    memcpy(var4, (double[]){0.6666666666666666, 0.3333333333333333}, 2 * sizeof(double));
                                 } else {
-                                    if (input[0] <= 10.500000476837158) {
-                                        if (input[4] <= 828.0000305175781) {
-                                            memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var16, (double[]){0.5, 0.5}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
+                                    memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                                 }
                             } else {
-                                memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[2] <= 8.500000476837158) {
-                                if (input[0] <= 9.500000476837158) {
-                                    if (input[4] <= 2058.0001220703125) {
-                                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[0] <= 39.50000190734863) {
-                                    memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
+                                memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                             }
                         }
                     } else {
-                        if (input[2] <= 12.500000476837158) {
-                            if (input[4] <= 2225.5001220703125) {
-                                if (input[1] <= 12.500000476837158) {
-                                    if (input[3] <= 1524.0000610351562) {
-                                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[0] <= 24.500000953674316) {
-                                            memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    }
+                        if (input[3] <= 4709.000244140625) {
+                            if (input[2] <= 72.500003814697265) {
+                                if (input[4] <= 43902.501953125) {
+                                    memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                                 } else {
-                                    if (input[4] <= 1010.0000305175781) {
-                                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
+                                    memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                                 }
                             } else {
-                                if (input[0] <= 10.000000476837158) {
-                                    memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[3] <= 1827.0000610351562) {
-                                        memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
+                                memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
                             }
                         } else {
-                            if (input[4] <= 3931.5001220703125) {
-                                if (input[4] <= 3591.5001220703125) {
-                                    if (input[0] <= 7.500000238418579) {
-                                        memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[2] <= 25.500000953674316) {
-                                            memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var16, (double[]){0.9587628865979382, 0.041237113402061855}, 2 * sizeof(double));
-                                        }
-                                    }
-                                } else {
-                                    if (input[1] <= 28.500000953674316) {
-                                        memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[3] <= 3512.0001220703125) {
-                                            memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                }
-                            } else {
-                                if (input[1] <= 34.50000190734863) {
-                                    if (input[4] <= 31987.0009765625) {
-                                        memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    if (input[3] <= 4239.000244140625) {
-                                        memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[1] <= 59.50000190734863) {
-                                            memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var16, (double[]){0.8181818181818182, 0.18181818181818182}, 2 * sizeof(double));
-                                        }
-                                    }
-                                }
-                            }
+                            memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                         }
                     }
                 }
             } else {
-                if (input[4] <= 106065.00390625) {
-                    memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                } else {
-                    memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                }
-            }
-        }
-    } else {
-        if (input[1] <= 135.50000762939453) {
-            if (input[3] <= 9636.50048828125) {
-                memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-            } else {
-                memcpy(var16, (double[]){1.0, 0.0}, 2 * sizeof(double));
-            }
-        } else {
-            memcpy(var16, (double[]){0.0, 1.0}, 2 * sizeof(double));
-        }
-    }
-    aiflowd_model_add_vectors(var3, var16, 2, var2);
-    double var17[2];
-    if (input[2] <= 307.50001525878906) {
-        if (input[1] <= 111.500003814697265) {
-            if (input[2] <= 6.500000238418579) {
-                if (input[4] <= 1854.0000610351562) {
-                    if (input[1] <= 8.500000476837158) {
-                        if (input[0] <= 0.500000029802322387) {
-                            if (input[1] <= 6.500000238418579) {
-                                if (input[3] <= 1063.0000610351562) {
-                                    memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[2] <= 5.500000238418579) {
-                                    memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[1] <= 7.500000238418579) {
-                                        memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            }
-                        } else {
-                            if (input[1] <= 5.500000238418579) {
-                                memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
+                if (input[1] <= 58.00000190734863) {
+                    if (input[2] <= 9.500000476837158) {
+                        memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                     } else {
-                        if (input[4] <= 1820.0000610351562) {
-                            if (input[3] <= 1545.0000610351562) {
-                                memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
+                        if (input[3] <= 1901.5000610351562) {
+                            memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                         } else {
-                            if (input[3] <= 1602.0000610351562) {
-                                if (input[3] <= 1585.0000610351562) {
-                                    memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            if (input[0] <= 12.500000476837158) {
+                                if (input[4] <= 3074.0001220703125) {
+                                    memcpy(var4, (double[]){0.9411764705882353, 0.058823529411764705}, 2 * sizeof(double));
                                 } else {
-                                    memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                    memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                                 }
                             } else {
-                                memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                if (input[0] <= 159.00000762939453) {
+                                    memcpy(var4, (double[]){0.9926470588235294, 0.007352941176470588}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
                             }
                         }
                     }
                 } else {
-                    if (input[2] <= 5.500000238418579) {
-                        if (input[4] <= 1878.5000610351562) {
-                            memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[3] <= 1337.0000610351562) {
-                                memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        }
-                    } else {
-                        memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
+                    memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
                 }
-            } else {
-                if (input[2] <= 8.500000476837158) {
-                    if (input[1] <= 8.500000476837158) {
-                        memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[2] <= 7.500000238418579) {
-                            if (input[0] <= 17.500000953674316) {
-                                if (input[3] <= 1489.5000610351562) {
-                                    memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[0] <= 3.00000011920928955) {
-                                        if (input[0] <= 0.9995000660419464) {
-                                            memcpy(var17, (double[]){0.8726333907056799, 0.12736660929432014}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var17, (double[]){0.34328358208955223, 0.6567164179104478}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        if (input[1] <= 9.500000476837158) {
-                                            memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                }
-                            } else {
-                                memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[4] <= 2102.5001220703125) {
-                                if (input[4] <= 1999.0000610351562) {
-                                    if (input[4] <= 1370.5000610351562) {
-                                        if (input[4] <= 771.0000305175781) {
-                                            memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    if (input[0] <= 8.500000476837158) {
-                                        memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            } else {
-                                memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                } else {
-                    if (input[4] <= 38356.001953125) {
-                        if (input[0] <= 9.500000476837158) {
-                            if (input[0] <= 6.499500036239623) {
-                                if (input[0] <= 3.500500082969665) {
-                                    if (input[4] <= 2417.5001220703125) {
-                                        memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    if (input[4] <= 2311.0001220703125) {
-                                        memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            } else {
-                                if (input[1] <= 13.500000476837158) {
-                                    if (input[1] <= 11.500000476837158) {
-                                        memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[3] <= 1886.0000610351562) {
-                                            memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                } else {
-                                    if (input[2] <= 13.500000476837158) {
-                                        if (input[2] <= 12.500000476837158) {
-                                            memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var17, (double[]){0.7777777777777778, 0.2222222222222222}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            }
-                        } else {
-                            if (input[2] <= 48.00000190734863) {
-                                if (input[2] <= 9.500000476837158) {
-                                    if (input[0] <= 20.499501228332519) {
-                                        if (input[0] <= 12.500000476837158) {
-                                            memcpy(var17, (double[]){0.8666666666666667, 0.13333333333333333}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    if (input[0] <= 12.500000476837158) {
-                                        if (input[1] <= 25.500000953674316) {
-                                            memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        if (input[0] <= 14.500000476837158) {
-                                            memcpy(var17, (double[]){0.9583333333333334, 0.041666666666666664}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var17, (double[]){0.9953416149068323, 0.004658385093167702}, 2 * sizeof(double));
-                                        }
-                                    }
-                                }
-                            } else {
-                                if (input[2] <= 57.50000190734863) {
-                                    if (input[0] <= 65.500003814697265) {
-                                        memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
-                        }
-                    } else {
-                        memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    }
-                }
-            }
-        } else {
-            if (input[0] <= 5.500000238418579) {
-                if (input[2] <= 240.50000762939453) {
-                    memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                } else {
-                    memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                }
-            } else {
-                if (input[1] <= 137.00000762939453) {
-                    if (input[1] <= 134.50000762939453) {
-                        memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                }
-            }
-        }
-    } else {
-        if (input[0] <= 4.500000238418579) {
-            memcpy(var17, (double[]){1.0, 0.0}, 2 * sizeof(double));
-        } else {
-            memcpy(var17, (double[]){0.0, 1.0}, 2 * sizeof(double));
-        }
-    }
-    aiflowd_model_add_vectors(var2, var17, 2, var1);
-    double var18[2];
-    if (input[4] <= 2106.0001220703125) {
-        if (input[1] <= 8.500000476837158) {
-            if (input[3] <= 1135.0000610351562) {
-                if (input[2] <= 4.500000238418579) {
-                    if (input[2] <= 3.50000011920928955) {
-                        if (input[0] <= 2.00000011920928955) {
-                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[0] <= 18.000000953674316) {
-                        if (input[2] <= 6.500000238418579) {
-                            if (input[4] <= 651.0000305175781) {
-                                memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    }
-                }
-            } else {
-                if (input[4] <= 1992.5000610351562) {
-                    if (input[3] <= 1956.0000610351562) {
-                        if (input[1] <= 7.500000238418579) {
-                            if (input[2] <= 5.500000238418579) {
-                                if (input[4] <= 1878.0000610351562) {
-                                    memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[3] <= 1336.5000610351562) {
-                                        memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            } else {
-                                if (input[3] <= 1467.0000610351562) {
-                                    if (input[4] <= 1843.5000610351562) {
-                                        memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    if (input[3] <= 1869.5000610351562) {
-                                        memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        if (input[3] <= 1894.0000610351562) {
-                                            memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                }
-                            }
-                        } else {
-                            memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[4] <= 1672.0000610351562) {
-                            memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                }
-            }
-        } else {
-            if (input[2] <= 7.500000238418579) {
-                if (input[4] <= 1943.5000610351562) {
-                    if (input[4] <= 1876.5000610351562) {
-                        if (input[3] <= 1489.5000610351562) {
-                            memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            if (input[4] <= 1823.5000610351562) {
-                                if (input[4] <= 1822.5000610351562) {
-                                    memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[1] <= 10.000000476837158) {
-                                        memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    }
-                                }
-                            } else {
-                                if (input[3] <= 1592.5000610351562) {
-                                    if (input[0] <= 0.500000029802322387) {
-                                        if (input[4] <= 1875.5000610351562) {
-                                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var18, (double[]){0.45, 0.55}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            }
-                        }
-                    } else {
-                        if (input[4] <= 1887.5000610351562) {
-                            if (input[3] <= 1603.5000610351562) {
-                                memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                }
-            } else {
-                if (input[1] <= 23.500000953674316) {
-                    if (input[4] <= 1999.0000610351562) {
-                        if (input[3] <= 1383.5000610351562) {
-                            if (input[3] <= 1382.5000610351562) {
-                                memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[3] <= 1610.5000610351562) {
-                            memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                } else {
-                    if (input[4] <= 2044.5000610351562) {
-                        if (input[3] <= 2100.0001220703125) {
-                            memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    } else {
-                        if (input[2] <= 29.000000953674316) {
-                            memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                        } else {
-                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                        }
-                    }
-                }
-            }
-        }
-    } else {
-        if (input[4] <= 121743.00390625) {
-            if (input[1] <= 56.00000190734863) {
-                if (input[0] <= 9.500000476837158) {
-                    if (input[4] <= 33130.001953125) {
-                        if (input[4] <= 2312.0001220703125) {
-                            if (input[2] <= 8.500000476837158) {
-                                memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            }
-                        } else {
-                            if (input[3] <= 3118.0001220703125) {
-                                memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            } else {
-                                if (input[2] <= 13.500000476837158) {
-                                    if (input[1] <= 16.000000953674316) {
-                                        memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                    } else {
-                                        memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                }
-                            }
-                        }
-                    } else {
-                        memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                    }
-                } else {
-                    if (input[3] <= 1825.0000610351562) {
-                        memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                    } else {
-                        if (input[1] <= 43.50000190734863) {
-                            if (input[1] <= 33.50000190734863) {
-                                if (input[2] <= 13.500000476837158) {
-                                    if (input[0] <= 11.500000476837158) {
-                                        if (input[1] <= 14.000000476837158) {
-                                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                    }
-                                } else {
-                                    memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                }
-                            } else {
-                                if (input[3] <= 2737.0001220703125) {
-                                    memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                } else {
-                                    if (input[2] <= 32.50000190734863) {
-                                        if (input[4] <= 3912.5001220703125) {
-                                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                                        }
-                                    } else {
-                                        if (input[2] <= 36.50000190734863) {
-                                            memcpy(var18, (double[]){0.9629629629629629, 0.037037037037037035}, 2 * sizeof(double));
-                                        } else {
-                                            memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                                        }
-                                    }
-                                }
-                            }
-                        } else {
-                            if (input[4] <= 5019.000244140625) {
-                                memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
-                            } else {
-                                memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
-                            }
-                        }
-                    }
-                }
-            } else {
-                memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
             }
         } else {
             if (input[0] <= 50.50000190734863) {
-                memcpy(var18, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                memcpy(var4, (double[]){1.0, 0.0}, 2 * sizeof(double));
             } else {
-                memcpy(var18, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                memcpy(var4, (double[]){0.0, 1.0}, 2 * sizeof(double));
             }
         }
     }
-    aiflowd_model_add_vectors(var1, var18, 2, var0);
+    double var5[2];
+    if (input[4] <= 2105.5001220703125) {
+        if (input[2] <= 6.500000238418579) {
+            if (input[4] <= 629.0000305175781) {
+                if (input[0] <= 9.000000476837158) {
+                    if (input[3] <= 791.5000305175781) {
+                        memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    } else {
+                        if (input[4] <= 545.0000305175781) {
+                            memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[0] <= 6.500000238418579) {
+                                memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                if (input[4] <= 618.0000305175781) {
+                                    memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                }
+            } else {
+                if (input[2] <= 5.500000238418579) {
+                    memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                } else {
+                    if (input[4] <= 1796.0000610351562) {
+                        if (input[1] <= 8.000000476837158) {
+                            if (input[4] <= 1771.0000610351562) {
+                                memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        }
+                    } else {
+                        if (input[1] <= 8.500000476837158) {
+                            memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[4] <= 1882.0000610351562) {
+                                memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            if (input[3] <= 1522.0000610351562) {
+                if (input[4] <= 1287.5000610351562) {
+                    if (input[3] <= 1214.5000610351562) {
+                        if (input[1] <= 11.500000476837158) {
+                            if (input[0] <= 20.500000953674316) {
+                                memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        }
+                    } else {
+                        memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                    }
+                } else {
+                    if (input[0] <= 2.00000011920928955) {
+                        if (input[3] <= 1489.5000610351562) {
+                            memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        }
+                    } else {
+                        memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    }
+                }
+            } else {
+                if (input[1] <= 21.500000953674316) {
+                    memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                } else {
+                    if (input[0] <= 16.000000953674316) {
+                        memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    } else {
+                        memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                    }
+                }
+            }
+        }
+    } else {
+        if (input[2] <= 16.500000953674316) {
+            if (input[0] <= 7.500000238418579) {
+                if (input[0] <= 5.500000238418579) {
+                    if (input[2] <= 8.500000476837158) {
+                        memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    } else {
+                        if (input[4] <= 2416.5001220703125) {
+                            memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        } else {
+                            memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        }
+                    }
+                } else {
+                    if (input[1] <= 10.500000476837158) {
+                        memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                    } else {
+                        if (input[3] <= 3786.0001220703125) {
+                            if (input[4] <= 2442.0001220703125) {
+                                memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        }
+                    }
+                }
+            } else {
+                if (input[3] <= 1797.5000610351562) {
+                    memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                } else {
+                    if (input[4] <= 2640.0001220703125) {
+                        memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                    } else {
+                        memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    }
+                }
+            }
+        } else {
+            if (input[3] <= 12033.50048828125) {
+                if (input[4] <= 52733.001953125) {
+                    if (input[0] <= 20.500000953674316) {
+                        if (input[0] <= 11.500000476837158) {
+                            if (input[4] <= 3074.5001220703125) {
+                                if (input[3] <= 3706.0001220703125) {
+                                    memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            if (input[2] <= 29.500000953674316) {
+                                memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        if (input[1] <= 53.00000190734863) {
+                            if (input[0] <= 154.50000762939453) {
+                                memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        }
+                    }
+                } else {
+                    memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                }
+            } else {
+                if (input[0] <= 6.000000238418579) {
+                    memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                } else {
+                    if (input[2] <= 309.50001525878906) {
+                        if (input[1] <= 166.00000762939453) {
+                            memcpy(var5, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        } else {
+                            memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        }
+                    } else {
+                        memcpy(var5, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    }
+                }
+            }
+        }
+    }
+    aiflowd_model_add_vectors(var4, var5, 2, var3);
+    double var6[2];
+    if (input[1] <= 149.50000762939453) {
+        if (input[3] <= 1618.5000610351562) {
+            if (input[4] <= 1796.0000610351562) {
+                if (input[3] <= 819.5000305175781) {
+                    if (input[0] <= 1.00000005960464477) {
+                        memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                    } else {
+                        memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    }
+                } else {
+                    if (input[1] <= 5.500000238418579) {
+                        memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    } else {
+                        if (input[2] <= 4.500000238418579) {
+                            memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[1] <= 17.500000953674316) {
+                                if (input[0] <= 32.50000190734863) {
+                                    memcpy(var6, (double[]){0.9824561403508771, 0.017543859649122806}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){0.8571428571428571, 0.14285714285714285}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        }
+                    }
+                }
+            } else {
+                if (input[2] <= 6.500000238418579) {
+                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                } else {
+                    if (input[1] <= 10.500000476837158) {
+                        if (input[4] <= 1913.5000610351562) {
+                            if (input[4] <= 1876.5000610351562) {
+                                if (input[3] <= 1489.5000610351562) {
+                                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                if (input[3] <= 1540.5000610351562) {
+                                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            }
+                        } else {
+                            if (input[4] <= 2019.5000610351562) {
+                                memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        if (input[0] <= 3.50000011920928955) {
+                            memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[3] <= 1583.5000610351562) {
+                                memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            if (input[0] <= 4.498500108718872) {
+                if (input[0] <= 0.4994999319314956665) {
+                    if (input[1] <= 8.500000476837158) {
+                        if (input[1] <= 7.500000238418579) {
+                            if (input[2] <= 5.500000238418579) {
+                                memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            } else {
+                                if (input[4] <= 1819.0000610351562) {
+                                    memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
+                            }
+                        } else {
+                            if (input[4] <= 1957.5000610351562) {
+                                memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        if (input[3] <= 2576.5001220703125) {
+                            if (input[2] <= 8.500000476837158) {
+                                if (input[4] <= 2018.0000610351562) {
+                                    memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                if (input[3] <= 1788.0000610351562) {
+                                    memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
+                            }
+                        } else {
+                            memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        }
+                    }
+                } else {
+                    if (input[3] <= 1712.0000610351562) {
+                        if (input[3] <= 1680.5000610351562) {
+                            memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[2] <= 7.500000238418579) {
+                                if (input[4] <= 2020.0000610351562) {
+                                    memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        if (input[2] <= 165.50000762939453) {
+                            if (input[2] <= 10.500000476837158) {
+                                if (input[4] <= 1895.0000610351562) {
+                                    memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){0.03684210526315789, 0.9631578947368421}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        }
+                    }
+                }
+            } else {
+                if (input[3] <= 2299.5001220703125) {
+                    if (input[2] <= 6.500000238418579) {
+                        memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    } else {
+                        if (input[1] <= 25.500000953674316) {
+                            if (input[0] <= 82.500003814697265) {
+                                if (input[1] <= 11.500000476837158) {
+                                    memcpy(var6, (double[]){0.9972350230414746, 0.0027649769585253456}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){0.9052631578947369, 0.09473684210526316}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            if (input[0] <= 34.00000190734863) {
+                                memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        }
+                    }
+                } else {
+                    if (input[4] <= 3928.0001220703125) {
+                        if (input[0] <= 17.500000953674316) {
+                            if (input[1] <= 28.000000953674316) {
+                                if (input[2] <= 18.000000953674316) {
+                                    memcpy(var6, (double[]){0.9690721649484536, 0.030927835051546393}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        }
+                    } else {
+                        if (input[3] <= 4539.500244140625) {
+                            if (input[4] <= 52771.001953125) {
+                                if (input[2] <= 36.00000190734863) {
+                                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){0.2692307692307692, 0.7307692307692307}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            if (input[1] <= 79.500003814697265) {
+                                if (input[2] <= 34.00000190734863) {
+                                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){0.9819277108433735, 0.018072289156626505}, 2 * sizeof(double));
+                                }
+                            } else {
+                                if (input[2] <= 168.50000762939453) {
+                                    memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var6, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        memcpy(var6, (double[]){0.0, 1.0}, 2 * sizeof(double));
+    }
+    aiflowd_model_add_vectors(var3, var6, 2, var2);
+    double var7[2];
+    if (input[4] <= 2105.5001220703125) {
+        if (input[1] <= 8.500000476837158) {
+            if (input[3] <= 1065.0000610351562) {
+                if (input[4] <= 545.0000305175781) {
+                    if (input[0] <= 2.50000011920928955) {
+                        memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                    } else {
+                        memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    }
+                } else {
+                    if (input[2] <= 4.000000238418579) {
+                        memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    } else {
+                        if (input[3] <= 764.5000305175781) {
+                            memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[1] <= 6.500000238418579) {
+                                if (input[0] <= 4.000000238418579) {
+                                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        }
+                    }
+                }
+            } else {
+                if (input[4] <= 1992.5000610351562) {
+                    if (input[4] <= 1796.0000610351562) {
+                        if (input[3] <= 1769.0000610351562) {
+                            if (input[4] <= 1672.5000610351562) {
+                                memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            if (input[3] <= 1814.5000610351562) {
+                                if (input[2] <= 5.500000238418579) {
+                                    memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    }
+                } else {
+                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                }
+            }
+        } else {
+            if (input[3] <= 1489.5000610351562) {
+                if (input[4] <= 1519.0000610351562) {
+                    if (input[0] <= 6.500000238418579) {
+                        if (input[0] <= 5.500000238418579) {
+                            memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[3] <= 1161.5000610351562) {
+                                memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                    }
+                } else {
+                    memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                }
+            } else {
+                if (input[3] <= 1534.0000610351562) {
+                    if (input[4] <= 1970.5000610351562) {
+                        if (input[3] <= 1530.0000610351562) {
+                            if (input[2] <= 16.000000953674316) {
+                                memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        }
+                    } else {
+                        memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    }
+                } else {
+                    if (input[1] <= 21.500000953674316) {
+                        memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                    } else {
+                        if (input[0] <= 15.500000476837158) {
+                            memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        if (input[2] <= 285.50001525878906) {
+            if (input[1] <= 19.500000953674316) {
+                if (input[2] <= 16.500000953674316) {
+                    if (input[0] <= 6.500000238418579) {
+                        if (input[0] <= 5.500000238418579) {
+                            if (input[3] <= 2800.5001220703125) {
+                                if (input[0] <= 3.50000011920928955) {
+                                    memcpy(var7, (double[]){0.00651890482398957, 0.9934810951760105}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var7, (double[]){0.07547169811320754, 0.9245283018867925}, 2 * sizeof(double));
+                                }
+                            } else {
+                                if (input[1] <= 14.000000476837158) {
+                                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
+                            }
+                        } else {
+                            if (input[1] <= 12.500000476837158) {
+                                memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        if (input[3] <= 1909.5000610351562) {
+                            if (input[1] <= 10.500000476837158) {
+                                if (input[0] <= 18.500000953674316) {
+                                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            if (input[3] <= 2545.0001220703125) {
+                                if (input[4] <= 2640.0001220703125) {
+                                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                if (input[1] <= 16.000000953674316) {
+                                    memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            }
+                        }
+                    }
+                } else {
+                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                }
+            } else {
+                if (input[3] <= 2800.0001220703125) {
+                    if (input[3] <= 2673.5001220703125) {
+                        if (input[3] <= 2619.5001220703125) {
+                            memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[4] <= 5315.000244140625) {
+                                memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        if (input[0] <= 29.000000953674316) {
+                            memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        }
+                    }
+                } else {
+                    if (input[1] <= 101.500003814697265) {
+                        if (input[2] <= 94.500003814697265) {
+                            if (input[0] <= 25.500000953674316) {
+                                if (input[4] <= 52771.001953125) {
+                                    memcpy(var7, (double[]){0.19791666666666666, 0.8020833333333334}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                if (input[2] <= 72.000003814697265) {
+                                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var7, (double[]){0.25, 0.75}, 2 * sizeof(double));
+                                }
+                            }
+                        } else {
+                            if (input[2] <= 101.000003814697265) {
+                                if (input[1] <= 71.000003814697265) {
+                                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        if (input[2] <= 251.00000762939453) {
+                            memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[1] <= 194.50000762939453) {
+                                memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            if (input[0] <= 9.500000476837158) {
+                if (input[1] <= 218.50000762939453) {
+                    memcpy(var7, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                } else {
+                    memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                }
+            } else {
+                memcpy(var7, (double[]){0.0, 1.0}, 2 * sizeof(double));
+            }
+        }
+    }
+    aiflowd_model_add_vectors(var2, var7, 2, var1);
+    double var8[2];
+    if (input[3] <= 11988.00048828125) {
+        if (input[0] <= 4.500000238418579) {
+            if (input[2] <= 45.50000190734863) {
+                if (input[2] <= 8.500000476837158) {
+                    if (input[4] <= 2080.0001220703125) {
+                        if (input[2] <= 6.500000238418579) {
+                            if (input[4] <= 789.5000305175781) {
+                                if (input[2] <= 4.500000238418579) {
+                                    memcpy(var8, (double[]){0.25, 0.75}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                if (input[4] <= 1796.0000610351562) {
+                                    memcpy(var8, (double[]){0.1891891891891892, 0.8108108108108109}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var8, (double[]){0.036734693877551024, 0.963265306122449}, 2 * sizeof(double));
+                                }
+                            }
+                        } else {
+                            if (input[4] <= 1901.5000610351562) {
+                                if (input[4] <= 1876.5000610351562) {
+                                    memcpy(var8, (double[]){0.8755905511811024, 0.12440944881889764}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var8, (double[]){0.08536585365853659, 0.9146341463414634}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    }
+                } else {
+                    if (input[4] <= 2416.5001220703125) {
+                        memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                    } else {
+                        memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    }
+                }
+            } else {
+                if (input[4] <= 42771.001953125) {
+                    memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                } else {
+                    memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                }
+            }
+        } else {
+            if (input[4] <= 3659.0001220703125) {
+                if (input[1] <= 9.500000476837158) {
+                    if (input[3] <= 1278.5000610351562) {
+                        if (input[4] <= 571.0000305175781) {
+                            memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            if (input[0] <= 25.000000953674316) {
+                                memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        if (input[2] <= 7.500000238418579) {
+                            memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        } else {
+                            memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                        }
+                    }
+                } else {
+                    if (input[3] <= 1572.5000610351562) {
+                        if (input[0] <= 27.500000953674316) {
+                            if (input[4] <= 2008.5000610351562) {
+                                if (input[0] <= 10.500000476837158) {
+                                    memcpy(var8, (double[]){0.875, 0.125}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                                }
+                            } else {
+                                memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            }
+                        } else {
+                            if (input[1] <= 12.500000476837158) {
+                                memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                            } else {
+                                memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                            }
+                        }
+                    } else {
+                        if (input[0] <= 125.000003814697265) {
+                            if (input[4] <= 2371.0001220703125) {
+                                if (input[2] <= 25.500000953674316) {
+                                    memcpy(var8, (double[]){0.9992019154030327, 0.0007980845969672786}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var8, (double[]){0.9390243902439024, 0.06097560975609756}, 2 * sizeof(double));
+                                }
+                            } else {
+                                if (input[1] <= 14.500000476837158) {
+                                    memcpy(var8, (double[]){0.5714285714285714, 0.42857142857142855}, 2 * sizeof(double));
+                                } else {
+                                    memcpy(var8, (double[]){0.9407665505226481, 0.059233449477351915}, 2 * sizeof(double));
+                                }
+                            }
+                        } else {
+                            memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                        }
+                    }
+                }
+            } else {
+                if (input[4] <= 52771.001953125) {
+                    if (input[0] <= 37.50000190734863) {
+                        memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+                    } else {
+                        memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                    }
+                } else {
+                    memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+                }
+            }
+        }
+    } else {
+        if (input[1] <= 165.50000762939453) {
+            memcpy(var8, (double[]){1.0, 0.0}, 2 * sizeof(double));
+        } else {
+            memcpy(var8, (double[]){0.0, 1.0}, 2 * sizeof(double));
+        }
+    }
+    aiflowd_model_add_vectors(var1, var8, 2, var0);
     memcpy(output, var0, 2 * sizeof(double));
 }
 
-static const double aiflowd_model_n_trees = 10.0;
+static const double aiflowd_model_n_trees = 5.0;
 
 double aiflowd_model_probability(const double x[AIFLOWD_MODEL_N_FEATURES]) {
     double sums[2];

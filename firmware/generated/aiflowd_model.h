@@ -3,7 +3,7 @@
  * regenerate it from the model bundle.
  *
  * Generator: aiflowd codegen with m2cgen 0.10.0, scikit-learn 1.9.1, numpy 2.4.6
- * Model: 58d7076b39c2, RandomForestClassifier, 10 trees, max depth 10
+ * Model: 4498938aefb0, RandomForestClassifier, 5 trees, max depth 8
  * Features, in input order x[0]..x[4]:
  *   x[0] duration      seconds (float), first to last packet
  *   x[1] c_to_s_pkts   packets, client to server
@@ -17,13 +17,13 @@
  * added in tree order and divided by the number of trees.
  * Split thresholds are float32-exact bounds: `x <= bound` takes the
  * branch that scikit-learn's `float32(x) <= threshold` takes.
- * Training data: sha256:82a463859b6fec63886e244ea54fb210fa697003995604a2ee05936cd78f3e23, 557 rows, from data/capture-1/flows.csv
+ * Training data: sha256:11f05136423a7ba7e9d61205273072b84aae94761252b63613f55cf21e0ccf99, 592 rows, from /work/main/data/capture-1/flows.csv
  */
 
 #ifndef AIFLOWD_MODEL_H
 #define AIFLOWD_MODEL_H
 
-#define AIFLOWD_MODEL_ID "58d7076b39c2"
+#define AIFLOWD_MODEL_ID "4498938aefb0"
 #define AIFLOWD_MODEL_N_FEATURES 5
 #define AIFLOWD_MODEL_THRESHOLD 0.5
 
