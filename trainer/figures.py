@@ -49,6 +49,9 @@ def pairplot(flows, family, path, max_points=1500, seed=1):
     values = np.log10(1.0 + subset[list(FEATURES)].to_numpy(dtype="float64"))
     labels = subset["label"].to_numpy()
     n = len(FEATURES)
+    low, high = values.min(axis=0), values.max(axis=0)
+    pad = 0.05 * np.maximum(high - low, 1e-9)
+    limits = list(zip(low - pad, high + pad))
     figure, axes = plt.subplots(n, n, figsize=(9, 9))
     for i in range(n):
         for j in range(n):
@@ -56,15 +59,23 @@ def pairplot(flows, family, path, max_points=1500, seed=1):
             for label in (0, 1):
                 mask = labels == label
                 if i == j:
-                    ax.hist(values[mask, i], bins=30, alpha=0.6, color=_LABEL_COLORS[label])
+                    ax.hist(values[mask, i], bins=30, range=limits[i], alpha=0.6,
+                            color=_LABEL_COLORS[label])
                 else:
                     ax.scatter(values[mask, j], values[mask, i], s=3, alpha=0.4,
                                color=_LABEL_COLORS[label], label=_LABEL_NAMES[label])
+            # Every panel of a column (row) spans the same feature range, so
+            # one set of tick labels serves the whole column (row).
+            ax.set_xlim(limits[j])
+            if i != j:
+                ax.set_ylim(limits[i])
             if i == n - 1:
                 ax.set_xlabel(FEATURES[j], fontsize=8)
             else:
                 ax.set_xticklabels([])
-            if j == 0:
+            if i == j:
+                ax.set_yticks([])  # a histogram's y axis counts flows
+            elif j == 0 or (i == 0 and j == 1):
                 ax.set_ylabel(FEATURES[i], fontsize=8)
             else:
                 ax.set_yticklabels([])
