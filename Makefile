@@ -22,7 +22,7 @@ help:
 	@echo "make train         fit and evaluate models into build/train"
 	@echo "make codegen       regenerate $(GENERATED)/ from $(MODEL)"
 	@echo "make capture       record a new labeled capture into $(CAPTURE) (root)"
-	@echo "make dataset       record the full dataset into $(DATASET) (root, about 20 min)"
+	@echo "make dataset       record the full dataset into $(DATASET) (root, about 15 min)"
 	@echo "make report        evaluation report of $(REPORT_DATA) into build/report"
 	@echo "make testbed-demo  live traffic, live conntrack, live runtime (root, about 4 min)"
 	@echo "make testbed-clean remove testbed namespaces left by a killed run (root)"

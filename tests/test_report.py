@@ -10,7 +10,7 @@ from trainer import evaluate
 from trainer.flows import FlowFileError
 from trainer.ndpi import NdpiError
 from trainer.report import _endpoint, build_report
-from trainer.train import class_metrics
+from trainer.train import class_metrics, train
 from conftest import CAPTURE
 
 needs_corpus = pytest.mark.skipif(not DEFAULT_CORPUS.is_dir(),
@@ -159,4 +159,11 @@ def test_report_checks_inputs_first(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     with pytest.raises(NdpiError, match="apt-get install libndpi-bin"):
         build_report([CAPTURE / "flows.csv"], out, corpus_dir=corpus)
+    assert not out.exists()
+
+
+def test_train_checks_inputs_first(tmp_path):
+    out = tmp_path / "train"
+    with pytest.raises(FlowFileError, match="missing.csv"):
+        train([tmp_path / "missing.csv"], out)
     assert not out.exists()

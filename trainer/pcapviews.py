@@ -151,6 +151,9 @@ def pcap_flows_and_views(path, interval=POLL_INTERVAL):
     for every poll tick at which a flow's counters moved, with ``flow`` (the
     row of ``flows``), ``age`` and the five features.
     """
+    # NOTE: a flow is one 5-tuple for the whole capture. Conntrack would end
+    # an idle UDP entry after 30 to 120 s and start a new one, so ages of
+    # long-idle flows here exceed what a router reports.
     flows = {}
     order = []
     views = []

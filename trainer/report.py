@@ -301,8 +301,8 @@ def _early_section(report):
              "finished ndpiReader flows, scored on the same views.", ""]
     rows = [(r["model"], r["family"].upper(), r["T"], _f(r["coverage"], 2), _f(r["precision"]),
              _f(r["recall"]), _f(r["f1"])) for r in report["early_detection"]]
-    lines += _table(("model", "family", "T (s)", "flows with a view", "precision", "recall",
-                     "F1"), rows)
+    lines += _table(("model", "family", "T (s)", "share of flows with a view", "precision",
+                     "recall", "F1"), rows)
     lines += ["", "![early detection](%s)" % report["figures"]["early_detection"], ""]
     return lines
 
@@ -342,8 +342,11 @@ def _corrected_note(parity):
 def _corpus_section(report):
     corpus = report["corpus"]
     lines = ["## Real-world false positives", "",
-             "Every flow of the %d captures in `%s` (real traffic of many applications, none "
-             "of it AI) scored by the deployment model." % (corpus["files"], corpus["dir"]), "",
+             "Every TCP and UDP flow of the %d captures in `%s` (real traffic of many "
+             "applications, none of it AI) scored by the deployment model; other protocols "
+             "have no ports and are left out. The router's view follows each 5-tuple "
+             "through the whole capture without conntrack's idle timeouts, so a flow idle "
+             "for minutes keeps its age." % (corpus["files"], corpus["dir"]), "",
              "- as the router sees them (per-second views past the %s-packet gate, flagged "
              "at the first AI view): %d of %d flows flagged (%d were ever scored), false "
              "positive rate %s." % (

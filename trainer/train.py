@@ -303,9 +303,9 @@ def train_deployment(flows, seed, views=None):
 def train(flow_paths, out_dir, seed=1):
     """Run the whole training job; write report.md, report.json and models."""
     began = time.time()
+    flows, data_id = load_flows(flow_paths)  # before any file is written
     out_dir = Path(out_dir)
     (out_dir / "models").mkdir(parents=True, exist_ok=True)
-    flows, data_id = load_flows(flow_paths)
     log.info("training on %d labeled flows from %s (%s)", len(flows),
              ", ".join(str(p) for p in flow_paths), data_id)
 

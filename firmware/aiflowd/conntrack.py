@@ -148,7 +148,8 @@ def parse_line(line, source="/proc/net/nf_conntrack", lineno=None, need_counters
     if need_counters and entry.orig_packets is None:
         raise MissingCountersError(
             "%s: conntrack entry has no packets=/bytes= counters; turn on accounting "
-            "with 'sysctl -w %s=1' (entries created before that keep no counters): %r"
+            "with 'sysctl -w %s=1' (entries created before that keep no counters; a "
+            "recorded trace must be recorded again after that): %r"
             % (_where(source, lineno), ACCT_SYSCTL, line.strip()))
     if entry.orig_packets is not None and entry.reply_packets is None:
         # A flow with no reply yet still prints reply counters of zero, so a
@@ -163,7 +164,7 @@ def parse_lines(lines, source, problems, linenos=None):
 
     Lines that cannot be used (no counters, garbled) are not yielded; their
     ConntrackError goes to the list ``problems`` instead, so one bad line
-    never stops a poll. ``linenos``, when given, holds each line's line
+    never stops a poll. ``linenos``, when given, contains each line's line
     number in ``source`` (a trace); otherwise lines are counted from 1.
     """
     index = 0
