@@ -499,7 +499,8 @@ def test_run_exits_cleanly(any_run):
 def test_run_logs_progress(traffic_run):
     log = traffic_run.client.stderr
     assert "sessions running " in log
-    assert "flows recorded " in log and ": ws " in log
+    assert "flows recorded " in log
+    assert ": ws " in log
     assert "new sessions until" in log
     assert "at the latest" in log
     assert "load: client CPU" in log

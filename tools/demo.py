@@ -56,7 +56,7 @@ START_SLACK = 3.0
 def flagged_flows(records):
     """Return {(5-tuple, start): fields} for the flagged-flow messages among syslog records.
 
-    The start (epoch seconds) keeps apart connections that reused a tuple.
+    The start (epoch seconds) distinguishes connections that reused a tuple.
     """
     flagged = {}
     for record in records:

@@ -24,7 +24,8 @@ import numpy as np
 
 from trainer import evaluate, figures, ndpi
 from trainer import flows as flowschema
-from trainer.train import (DEPLOY_REFERENCE, evaluate_family, load_flows, train_deployment)
+from trainer.train import DEPLOY_REFERENCE, evaluate_family, load_flows, train_deployment
+from trainer.train import format_metric as _f
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,9 @@ def build_report(data_paths, out_dir, seed=1, corpus_dir=None, corpus_files=None
 def _check_corpus(corpus_dir):
     corpus_dir = Path(corpus_dir)
     if not corpus_dir.is_dir():
-        raise FileNotFoundError("real-world capture folder %s does not exist; pass a folder "
-                                "of .pcap files, or leave the corpus out" % corpus_dir)
+        raise FileNotFoundError("real-world capture folder %s not found; pass an existing "
+                                "folder of .pcap files (--corpus DIR) or leave the corpus out "
+                                "(--no-corpus)" % corpus_dir)
     ndpi.require_ndpireader()
 
 
@@ -159,10 +161,6 @@ def _cards(data_paths):
         if card.exists():
             cards.append(str(card))
     return cards
-
-
-def _f(value, digits=3):
-    return "n/a" if value is None else "%.*f" % (digits, value)
 
 
 def _table(header, rows):

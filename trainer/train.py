@@ -156,7 +156,8 @@ def class_metrics(y_true, y_pred):
     }
 
 
-def _num(value, digits=3):
+def format_metric(value, digits=3):
+    """Format a rate for a report table, with ``n/a`` where it is undefined (None)."""
     return "n/a" if value is None else "%.*f" % (digits, value)
 
 
@@ -361,9 +362,9 @@ def render_markdown(report):
             for label in ("0", "1"):
                 c = metrics["classes"][label]
                 lines.append("| %s | %s | %s | %s | %s | %.3f | %d | %.3f | %.3f ± %.3f |" % (
-                    family, name.upper(), label, _num(c["precision"]), _num(c["recall"]), c["f1"],
-                    c["support"], metrics["accuracy"], metrics["cv_f1_mean"],
-                    metrics["cv_f1_std"]))
+                    family, name.upper(), label, format_metric(c["precision"]),
+                    format_metric(c["recall"]), c["f1"], c["support"], metrics["accuracy"],
+                    metrics["cv_f1_mean"], metrics["cv_f1_std"]))
     deploy = report["deployment"]
     chosen = deploy["chosen"]
     test = deploy["test"]["classes"]["1"]
@@ -375,8 +376,8 @@ def render_markdown(report):
                   deploy["reference"]["max_depth"], deploy["candidates"][0]["cv_f1_mean"],
                   deploy["margin"]),
               "Test split (%d flows): accuracy %.3f, AI precision %s, recall %s, F1 %.3f." % (
-                  deploy["test_rows"], deploy["test"]["accuracy"], _num(test["precision"]),
-                  _num(test["recall"]), test["f1"]),
+                  deploy["test_rows"], deploy["test"]["accuracy"],
+                  format_metric(test["precision"]), format_metric(test["recall"]), test["f1"]),
               "", "| trees | max_depth | nodes | CV F1 (AI) |", "|---:|---:|---:|---:|"]
     for row in deploy["candidates"]:
         lines.append("| %d | %d | %d | %.4f ± %.4f |" % (
